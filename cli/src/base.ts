@@ -1,6 +1,11 @@
 import {Command, Errors, Flags, Interfaces} from '@oclif/core'
+import {Listr, type ListrTask} from 'listr2'
+import {resolve} from 'node:path'
 
+import {cacheRoot} from './lib/cache.js'
+import {loadConfig, type NetbootConfig} from './lib/config.js'
 import {NetbootError} from './lib/errors.js'
+import {RunLog, type RunContext} from './lib/log.js'
 
 export type BaseFlags<T extends typeof Command> = Interfaces.InferredFlags<(typeof BaseCommand)['baseFlags'] & T['flags']>
 export type BaseArgs<T extends typeof Command> = Interfaces.InferredArgs<T['args']>
@@ -32,6 +37,10 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
 
   protected flags!: BaseFlags<T>
   protected args!: BaseArgs<T>
+  /** netboot.config.json merged over the defaults (flags are applied by each command). */
+  protected settings!: NetbootConfig
+  protected configFile?: string
+  private runLog?: RunLog
 
   public override async init(): Promise<void> {
     await super.init()
@@ -44,6 +53,41 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
     })
     this.flags = flags as BaseFlags<T>
     this.args = args as BaseArgs<T>
+    const loaded = loadConfig(this.flags.config)
+    this.settings = loaded.config
+    this.configFile = loaded.file
+    // One place decides the cache root; libraries and child processes read NETBOOT_CACHE.
+    const cacheDir = this.flags['cache-dir'] ?? (this.settings.cacheDir || undefined)
+    if (cacheDir) process.env.NETBOOT_CACHE = resolve(cacheDir)
+    process.env.NETBOOT_CACHE = cacheRoot()
+  }
+
+  /**
+   * The context handed to library calls: the run log in `outputDir` (default: the configured
+   * output) and --verbose. The log gets a header naming the command line on first use.
+   */
+  protected context(outputDir: string = this.settings.output): RunContext {
+    if (!this.runLog || this.runLog.path !== RunLog.inOutput(outputDir).path) {
+      this.runLog = RunLog.inOutput(outputDir)
+      this.runLog.write(`=== netboot ${this.id ?? ''} ${this.argv.join(' ')}`)
+    }
+    return {log: this.runLog, verbose: this.flags.verbose}
+  }
+
+  /**
+   * Runs long steps with listr2 progress: an animated list on a terminal, plain lines when
+   * output is not a terminal or --verbose streams tool output, nothing with --json.
+   */
+  protected async steps<C extends object>(tasks: ListrTask<C>[], ctx: C): Promise<C> {
+    const renderer = this.jsonEnabled() ? 'silent' : this.flags.verbose || !process.stdout.isTTY ? 'simple' : 'default'
+    const listr = new Listr<C>(tasks, {
+      ctx,
+      renderer,
+      exitOnError: true,
+      collectErrors: false,
+      rendererOptions: {collapseErrors: false},
+    } as never)
+    return listr.run()
   }
 
   /** Human output: a line on stdout, suppressed with --json. */
@@ -58,6 +102,7 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
         this.logJson({error: err.toJSON()})
         return
       }
+      this.runLog?.write(`error: ${err.message}`)
       process.stderr.write(`netboot: ${err.message}\n`)
       for (const s of err.suggestions) process.stderr.write(`  hint: ${s}\n`)
       // ExitError is not printed again by oclif's handler; it only sets the exit code.
