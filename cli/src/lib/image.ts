@@ -354,9 +354,10 @@ export async function extractTarball(tarball: string, dir: string): Promise<{spe
 
 /** A tar member name as a path relative to the root, or undefined if it escapes. */
 export function safeTarPath(name: string): string | undefined {
-  const norm = posix.normalize(`/${name}`)
-  if (norm.split('/').includes('..')) return undefined
-  return norm.replace(/^\/+/, '').replace(/\/+$/, '')
+  // Normalise as a relative path: an absolute one would silently swallow leading "..".
+  const norm = posix.normalize(name.replace(/^\/+/, '') || '.')
+  if (norm === '..' || norm.startsWith('../')) return undefined
+  return norm === '.' || norm === './' ? '' : norm.replace(/\/+$/, '')
 }
 
 function decompressWith(tool: 'xz' | 'zstd', file: string): NodeJS.ReadableStream {
