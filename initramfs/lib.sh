@@ -111,21 +111,21 @@ parse_ip_param() {
 		return 0
 		;;
 	esac
-	local IFS=:
+	local param=$1 IFS=:
 	set -f
 	set -- $1
 	set +f
 	IP_ADDR=$1 IP_GW=$3 IP_IFACE=$6
 	if ! is_ipv4 "$IP_ADDR"; then
-		REASON="ip=$*: '$IP_ADDR' is not an IPv4 address (use ip=dhcp or ip=<ip>::<gw>:<mask>::<iface>)"
+		REASON="ip=$param: '$IP_ADDR' is not an IPv4 address (use ip=dhcp or ip=<ip>::<gw>:<mask>::<iface>)"
 		return 1
 	fi
 	if [ -n "$IP_GW" ] && ! is_ipv4 "$IP_GW"; then
-		REASON="ip=: gateway '$IP_GW' is not an IPv4 address"
+		REASON="ip=$param: gateway '$IP_GW' is not an IPv4 address"
 		return 1
 	fi
 	if ! IP_PREFIX=$(mask_to_prefix "${4:-24}"); then
-		REASON="ip=: netmask '$4' is not a netmask"
+		REASON="ip=$param: netmask '$4' is not a netmask"
 		return 1
 	fi
 	IP_MODE=static
@@ -265,7 +265,10 @@ json_flatten() {
 	END {
 		if (failed)
 			exit 1
+		# awk ends every record with a newline, even the last one; the input may not.
 		n = length(s)
+		if (n > 0)
+			s = substr(s, 1, --n)
 		pos = 1
 		value("")
 		ws()
@@ -400,14 +403,14 @@ progress_monitor() {
 	done
 }
 
-# classify_wget_error URL ERRFILE EXIT_STATUS: sets REASON and RETRY (yes/no)
-# from busybox wget's message. Client errors (404...) are final; refused
-# connections, timeouts and server errors are worth another attempt.
+# classify_wget_error URL ERRFILE EXIT_STATUS [STALL_MARKER]: sets REASON and
+# RETRY (yes/no) from busybox wget's message. Client errors (404...) are final;
+# refused connections, timeouts and server errors are worth another attempt.
 classify_wget_error() {
 	local url=$1 msg code
 	msg=$(grep -m 1 'wget: ' "$2" | sed 's/^wget: //')
 	RETRY=yes
-	if [ -e "$2.stalled" ]; then
+	if [ -n "$4" ] && [ -e "$4" ]; then
 		REASON="no data for ${NETBOOT_STALL_TIMEOUT}s from $url"
 	elif [ "$3" = 143 ] || [ "$3" = 124 ]; then
 		REASON="timed out after ${NETBOOT_HTTP_TIMEOUT}s fetching $url"
@@ -456,7 +459,7 @@ fetch_once() {
 		fi
 		return 1
 	fi
-	classify_wget_error "$url" "$err" "$rc"
+	classify_wget_error "$url" "$err" "$rc" "$out.stalled"
 	return 1
 }
 
