@@ -75,6 +75,21 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
   }
 
   /**
+   * A progress callback for a listr2 task: on a terminal it replaces the line under the task;
+   * in plain output (CI logs) it prints at most one line every 10 s so logs stay readable.
+   */
+  protected progressOf(task: {output: string | undefined}): (text: string) => void {
+    const plain = this.jsonEnabled() || this.flags.verbose || !process.stdout.isTTY
+    let last = 0
+    return (text: string) => {
+      const now = Date.now()
+      if (plain && now - last < 10_000) return
+      last = now
+      task.output = text
+    }
+  }
+
+  /**
    * Runs long steps with listr2 progress: an animated list on a terminal, plain lines when
    * output is not a terminal or --verbose streams tool output, nothing with --json.
    */
