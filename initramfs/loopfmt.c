@@ -28,14 +28,14 @@
 
 /*
  * The series adds an enum of formats and struct loop_config.file_fmt.  Enum
- * constants are invisible to the preprocessor, so the compiler checks them:
- * against an unpatched header its error points at the message below.
+ * constants are invisible to the preprocessor, so the compiler checks them;
+ * gcc shows the failing line, hence the message on the same line.
  */
 #ifndef LOOP_CONFIGURE
-#error "linux/loop.h has no LOOP_CONFIGURE (Linux < 5.8): build against the uAPI headers of the netboot kernel (-I<kernel cache>/include)"
+#error "linux/loop.h has no LOOP_CONFIGURE (Linux < 5.8): needs linux/loop.h of the netboot kernel series (-I<kernel cache>/include)"
 #endif
-_Static_assert(LO_FILE_FMT_QCOW2 == 1 && sizeof(((struct loop_config *)0)->file_fmt) == 4,
-	       "linux/loop.h lacks LO_FILE_FMT_QCOW2/file_fmt: build against the uAPI headers of the netboot kernel series (-I<kernel cache>/include)");
+_Static_assert(LO_FILE_FMT_QCOW2 == 1, "needs linux/loop.h of the netboot kernel series (-I<kernel cache>/include)");
+_Static_assert(sizeof(((struct loop_config *)0)->file_fmt) == 4, "needs linux/loop.h of the netboot kernel series");
 
 /* Exit codes: one per class of failure, documented in usage(). */
 enum exit_code {
@@ -59,7 +59,9 @@ enum exit_code {
 /* How often attach retries when another attacher takes "our" free device. */
 #define ATTACH_ATTEMPTS 16
 
-static const char *const fmt_names[LO_FILE_FMT_MAX] = {
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+static const char *const fmt_names[] = {
 	[LO_FILE_FMT_RAW] = "raw",
 	[LO_FILE_FMT_QCOW2] = "qcow2",
 };
@@ -218,7 +220,7 @@ static int parse_format(const char *name)
 {
 	int i;
 
-	for (i = 0; i < LO_FILE_FMT_MAX; i++)
+	for (i = 0; i < (int)ARRAY_SIZE(fmt_names); i++)
 		if (fmt_names[i] && !strcmp(name, fmt_names[i]))
 			return i;
 	return -1;
@@ -256,6 +258,52 @@ static int open_loop_node(int nr, char *path, size_t len, int flags)
 	if (mknod(path, S_IFBLK | 0660, makedev(maj, min)) && errno != EEXIST)
 		return -1;
 	return open(path, flags | O_CLOEXEC);
+}
+
+/* Reads a one-line sysfs attribute of the block device @rdev, minus "\n". */
+static int read_sysfs(dev_t rdev, const char *attr, char *buf, size_t len)
+{
+	char path[96];
+	ssize_t n;
+	int fd;
+
+	snprintf(path, sizeof(path), "/sys/dev/block/%u:%u/%s", major(rdev), minor(rdev), attr);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	n = read(fd, buf, len - 1);
+	close(fd);
+	if (n < 0)
+		return -1;
+	buf[n] = '\0';
+	buf[strcspn(buf, "\n")] = '\0';
+	return 0;
+}
+
+/*
+ * A kernel without the file-format series ignores loop_config.file_fmt (it
+ * was reserved space) and attaches a qcow2 image as raw bytes; sysfs tells.
+ */
+static int check_attached_format(const char *path, const char *want)
+{
+	char got[32];
+	struct stat st;
+	int fd;
+
+	if (stat(path, &st))
+		return EXIT_OK;	/* the attach itself succeeded; nothing to compare */
+	if (read_sysfs(st.st_rdev, "loop/file_fmt", got, sizeof(got)))
+		snprintf(got, sizeof(got), "raw");
+	if (!strcmp(got, want))
+		return EXIT_OK;
+	fail_msg(path, "kernel attached the image as %s, not %s (no loop file-format support?); detached it",
+		 got, want);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd >= 0) {
+		ioctl(fd, LOOP_CLR_FD, 0);
+		close(fd);
+	}
+	return EXIT_NODRIVER;
 }
 
 /*
@@ -375,12 +423,15 @@ static int cmd_attach(int argc, char **argv)
 	code = attach_loop(ctl, &cfg, loop_path, sizeof(loop_path));
 	close(ctl);
 	close(img);	/* a bound loop device holds its own reference */
-	if (code > 0)
+	if (code < 0) {
+		code = -code;		/* already reported */
+	} else if (code > 0) {
 		code = attach_error(file, fmt_name, code, kmsg);
-	else if (code == 0)
-		printf("%s\n", loop_path);
-	else
-		code = -code;
+	} else {
+		code = check_attached_format(loop_path, fmt_name);
+		if (code == EXIT_OK)
+			printf("%s\n", loop_path);
+	}
 	if (kmsg >= 0)
 		close(kmsg);
 	return code;
@@ -447,26 +498,6 @@ static int cmd_detach(int argc, char **argv)
 	}
 	close(fd);
 	return EXIT_OK;
-}
-
-/* Reads a one-line sysfs attribute of the block device @rdev, minus "\n". */
-static int read_sysfs(dev_t rdev, const char *attr, char *buf, size_t len)
-{
-	char path[96];
-	ssize_t n;
-	int fd;
-
-	snprintf(path, sizeof(path), "/sys/dev/block/%u:%u/%s", major(rdev), minor(rdev), attr);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -1;
-	n = read(fd, buf, len - 1);
-	close(fd);
-	if (n < 0)
-		return -1;
-	buf[n] = '\0';
-	buf[strcspn(buf, "\n")] = '\0';
-	return 0;
 }
 
 static int cmd_show(int argc, char **argv)
