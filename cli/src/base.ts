@@ -100,7 +100,8 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
       renderer,
       exitOnError: true,
       collectErrors: false,
-      rendererOptions: {collapseErrors: false},
+      // BaseCommand.catch prints the error once; the task line only marks which step failed.
+      rendererOptions: {collapseErrors: false, showErrorMessage: false},
     } as never)
     return listr.run()
   }

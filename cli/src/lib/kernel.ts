@@ -161,7 +161,7 @@ export async function extractTarball(ctx: RunContext, tarball: string, dest: str
     xz.stdin.on('error', () => undefined)
     waitDecompressor = new Promise((resolvePromise, reject) => {
       xz.on('error', (err) => reject(new NetbootError(`cannot run xz: ${err.message}`, {suggestions: ['apt-get install xz-utils']})))
-      xz.on('close', (code) => (code === 0 ? resolvePromise() : reject(new NetbootError(`xz failed on ${tarball} (exit ${code}): ${stderr.trim()}`))))
+      xz.on('close', (code) => (code === 0 ? resolvePromise() : reject(new NetbootError(`xz exited with ${code}: ${stderr.trim()}`))))
     })
     decompressed = xz.stdout
   } else if (/\.(tar\.gz|tgz)$/.test(tarball)) {
@@ -176,50 +176,58 @@ export async function extractTarball(ctx: RunContext, tarball: string, dest: str
   let files = 0
   const dirMtimes: Array<[string, Date]> = []
   const hardlinks: Array<[string, string]> = []
-  for await (const entry of extract) {
-    const {header} = entry
-    const target = memberPath(dest, header.name)
-    if (target === undefined) {
-      entry.resume()
-      continue
-    }
-    switch (header.type) {
-      case 'directory':
-        await mkdir(target, {recursive: true})
-        if (header.mtime) dirMtimes.push([target, header.mtime])
+  const consume = (async () => {
+    for await (const entry of extract) {
+      const {header} = entry
+      const target = memberPath(dest, header.name)
+      if (target === undefined) {
         entry.resume()
-        break
-      case 'file':
-      case 'contiguous-file':
-      case undefined:
-      case null: {
-        const chunks: Buffer[] = []
-        for await (const chunk of entry) chunks.push(chunk as Buffer)
-        await mkdir(dirname(target), {recursive: true})
-        await writeFile(target, Buffer.concat(chunks), {mode: (header.mode ?? 0o644) & 0o7777})
-        // make decides what to rebuild from mtimes; keep the tarball's.
-        if (header.mtime) await utimes(target, header.mtime, header.mtime)
-        files++
-        break
+        continue
       }
-      case 'symlink':
-        await mkdir(dirname(target), {recursive: true})
-        await symlink(header.linkname ?? '', target)
-        entry.resume()
-        break
-      case 'link': {
-        const from = memberPath(dest, header.linkname ?? '')
-        if (from) hardlinks.push([from, target])
-        entry.resume()
-        break
+      switch (header.type) {
+        case 'directory':
+          await mkdir(target, {recursive: true})
+          if (header.mtime) dirMtimes.push([target, header.mtime])
+          entry.resume()
+          break
+        case 'file':
+        case 'contiguous-file':
+        case undefined:
+        case null: {
+          const chunks: Buffer[] = []
+          for await (const chunk of entry) chunks.push(chunk as Buffer)
+          await mkdir(dirname(target), {recursive: true})
+          await writeFile(target, Buffer.concat(chunks), {mode: (header.mode ?? 0o644) & 0o7777})
+          // make decides what to rebuild from mtimes; keep the tarball's.
+          if (header.mtime) await utimes(target, header.mtime, header.mtime)
+          files++
+          break
+        }
+        case 'symlink':
+          await mkdir(dirname(target), {recursive: true})
+          await symlink(header.linkname ?? '', target)
+          entry.resume()
+          break
+        case 'link': {
+          const from = memberPath(dest, header.linkname ?? '')
+          if (from) hardlinks.push([from, target])
+          entry.resume()
+          break
+        }
+        default:
+          // Device nodes and fifos have no place in a source tree.
+          entry.resume()
       }
-      default:
-        // Device nodes and fifos have no place in a source tree.
-        entry.resume()
     }
+  })()
+  // All three must settle before we decide: a truncated .xz fails in xz, in the tar parser and
+  // in the consumer at once, and xz's message is the one that explains it.
+  const outcomes = await Promise.allSettled([waitDecompressor, feed, consume])
+  const failure = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected')
+  if (failure) {
+    const reason = failure.reason instanceof NetbootError ? failure.reason.message : `${(failure.reason as Error).message ?? String(failure.reason)}`
+    throw new NetbootError(`cannot extract ${tarball}: ${reason}`, {suggestions: ['the file may be truncated or corrupt; reinstall it or pass another --kernel']})
   }
-  await feed
-  await waitDecompressor
   for (const [from, to] of hardlinks) {
     await mkdir(dirname(to), {recursive: true})
     await link(from, to)
@@ -472,6 +480,8 @@ export async function applySeries(ctx: RunContext, tree: string, series: Series)
     if (failure !== undefined) {
       if (existsSync(join(tree, '.git', 'rebase-apply'))) await git(ctx, tree, ['am', '--abort'], {allowFailure: true})
       await git(ctx, tree, ['reset', '-q', '--hard', start])
+      // HEAD is back where it was, so the backup would only be clutter.
+      if (backupTag) await git(ctx, tree, ['tag', '-d', backupTag], {allowFailure: true})
       throw new NetbootError(`patch ${p.name} does not apply to ${tree}: ${failure}`, {
         suggestions: [`the tree was left as it was (HEAD ${start.slice(0, 12)})`, `details in ${ctx.log.path}`],
       })
@@ -504,8 +514,9 @@ export async function exportSeries(ctx: RunContext, tree: string, seriesDir: str
   const staging = join(dirname(tree), `export.tmp-${process.pid}`)
   await rm(staging, {recursive: true, force: true})
   try {
-    // --zero-commit and --no-signature keep re-exports of the same commits byte-identical.
-    await git(ctx, tree, ['format-patch', '-q', '--zero-commit', '--no-signature', '-o', staging, `${BASE_TAG}..HEAD`])
+    // --zero-commit, --no-signature and a fixed --abbrev keep re-exports of the same commits
+    // byte-identical, whatever git version or repository size.
+    await git(ctx, tree, ['format-patch', '-q', '--zero-commit', '--no-signature', '--abbrev=12', '-o', staging, `${BASE_TAG}..HEAD`])
     const names = (await readdir(staging)).filter((n) => n.endsWith('.patch')).sort()
     await mkdir(seriesDir, {recursive: true})
     const old = existsSync(join(seriesDir, 'series')) ? parseSeriesFile(readFileSync(join(seriesDir, 'series'), 'utf8')) : []
