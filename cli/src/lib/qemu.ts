@@ -99,6 +99,8 @@ export interface WaitOptions {
   failOn?: RegExp[]
   /** Name for error messages (default: the pattern). */
   name?: string
+  /** Also match in the unfinished last line (a shell prompt); default: complete lines only. */
+  partialLine?: boolean
 }
 
 // eslint-disable-next-line no-control-regex
@@ -213,14 +215,20 @@ export class QemuVm {
     return this.text.slice(s, e === -1 ? undefined : e)
   }
 
-  private search(pattern: string | RegExp, from: number): {index: number; text: string} | undefined {
+  /**
+   * Finds `pattern` after `from`. Only complete lines are searched (unless `partial`, for
+   * prompts without a newline, or once QEMU has exited): a line arrives in pieces, and a
+   * pattern like /kernel=\S+/ must not match half of it.
+   */
+  private search(pattern: string | RegExp, from: number, partial = false): {index: number; text: string} | undefined {
+    const hay = partial || !this.running ? this.text : this.text.slice(0, this.text.lastIndexOf('\n') + 1)
     if (typeof pattern === 'string') {
-      const i = this.text.indexOf(pattern, from)
+      const i = hay.indexOf(pattern, from)
       return i === -1 ? undefined : {index: i, text: pattern}
     }
     const re = new RegExp(pattern.source, pattern.flags.includes('g') ? pattern.flags : `${pattern.flags}g`)
     re.lastIndex = from
-    const m = re.exec(this.text)
+    const m = re.exec(hay)
     return m ? {index: m.index, text: m[0]} : undefined
   }
 
@@ -242,7 +250,7 @@ export class QemuVm {
       const fail = (why: string) =>
         finish(() => rej(new ConsoleTimeoutError(this.failureReport(why, name), name, this.text)))
       const check = () => {
-        const found = this.search(pattern, this.cursor)
+        const found = this.search(pattern, this.cursor, opts.partialLine)
         // A failure pattern counts only if it comes before the marker.
         for (const bad of opts.failOn ?? []) {
           const b = this.search(bad, this.cursor)
@@ -453,17 +461,7 @@ export async function bootTree(opts: BootOptions): Promise<BootResult> {
   const t0 = Date.now()
   try {
     const httpBase = qemuHttpBase(server.port)
-    const inherited = parseKernelCmdline(manifest.kernel.cmdline)
-    const params: CmdlineParams = {
-      ...inherited.params,
-      ...(opts.check ? {demo: 'poweroff', onfail: 'poweroff'} : {}),
-      ...opts.params,
-      url: `${httpBase}/${manifest.image}`,
-      manifest: `${httpBase}/${MANIFEST_FILE}`,
-      sha256: undefined,
-      extra: [...inherited.extra, ...(opts.cmdlineExtra ?? [])],
-    }
-    const cmdline = buildKernelCmdline(params)
+    const cmdline = bootCmdline(manifest, httpBase, {...(opts.check ? {demo: 'poweroff', onfail: 'poweroff'} : {}), ...opts.params}, opts.cmdlineExtra)
     const tftpDir = join(outDir, 'boot', 'tftp')
     await mkdir(tftpDir, {recursive: true})
     await writeFile(join(tftpDir, BOOT_SCRIPT), ipxeScript({httpBase, cmdline}))
@@ -503,7 +501,28 @@ function timings(vm: QemuVm): PhaseTiming[] {
   return phaseTimings(vm.console, (offset) => vm.timeAt(offset))
 }
 
-async function readManifest(path: string): Promise<Manifest> {
+/**
+ * The kernel command line for booting a tree served at `httpBase`: the tree's own parameters
+ * (from its manifest), the URLs pointed at `httpBase`, then `overrides` and `extra`.
+ */
+export function bootCmdline(
+  manifest: Manifest,
+  httpBase: string,
+  overrides: Omit<CmdlineParams, 'url' | 'manifest' | 'extra'> = {},
+  extra: string[] = [],
+): string {
+  const inherited = parseKernelCmdline(manifest.kernel.cmdline)
+  return buildKernelCmdline({
+    ...inherited.params,
+    ...overrides,
+    url: `${httpBase}/${manifest.image}`,
+    manifest: `${httpBase}/${MANIFEST_FILE}`,
+    extra: [...inherited.extra, ...extra],
+  })
+}
+
+/** Reads and checks out/http/manifest.json. */
+export async function readManifest(path: string): Promise<Manifest> {
   let text: string
   try {
     text = await readFile(path, 'utf8')

@@ -138,3 +138,14 @@ test('kernel command line parses back into parameters', (t) => {
 test('console cleaning keeps text, drops escapes', (t) => {
   t.is(cleanConsole('\x1b[0;1miPXE\x1b[0m\r\nok\x08\n'), 'iPXE\nok\n')
 })
+
+test('a marker matches whole lines, not the first piece of a line', async (t) => {
+  const qemu = fakeQemu('pieces.sh', String.raw`printf 'NETBOOT-ROOT-OK kernel=6.1'; sleep 0.5; printf '.192+ done\n'; printf 'login: '; exec sleep 30`)
+  const vm = await QemuVm.start(opts(qemu))
+  t.teardown(() => vm.kill())
+  const m = await vm.waitFor(/kernel=\S+/, {timeoutMs: 5000})
+  t.is(m.text, 'kernel=6.1.192+')
+  // A prompt never ends its line: partialLine finds it.
+  const prompt = await vm.waitFor('login: ', {timeoutMs: 5000, partialLine: true})
+  t.is(prompt.line, 'login: ')
+})
