@@ -1,0 +1,44 @@
+// The patched kernel the boot tests run: built once per cache key through the CLI's own
+// pipeline (so the tests exercise it), or taken from NETBOOT_TEST_KERNEL_DIR while developing
+// the series (a directory with bzImage and include/ from `make headers_install`).
+import {existsSync} from 'node:fs'
+import {mkdir} from 'node:fs/promises'
+import {tmpdir} from 'node:os'
+import {join} from 'node:path'
+import {buildKernel} from '../../cli/src/lib/kernel.js'
+import {quietContext} from '../../cli/src/lib/log.js'
+
+export interface TestKernel {
+  bzImage: string
+  /** uAPI include directory (holds linux/loop.h with the series' additions). */
+  headers: string
+}
+
+const built = new Map<string, Promise<TestKernel>>()
+
+export function testKernel(version = '6.1'): Promise<TestKernel> {
+  const dir = process.env.NETBOOT_TEST_KERNEL_DIR
+  if (dir) {
+    const k = {bzImage: join(dir, 'bzImage'), headers: join(dir, 'include')}
+    if (!existsSync(k.bzImage) || !existsSync(join(k.headers, 'linux', 'loop.h'))) {
+      throw new Error(`NETBOOT_TEST_KERNEL_DIR=${dir} lacks bzImage or include/linux/loop.h`)
+    }
+    return Promise.resolve(k)
+  }
+  let k = built.get(version)
+  if (!k) {
+    k = buildKernel(quietContext(), {kernel: version}).then((r) => {
+      if (!r.bzImage || !r.headers) throw new Error(`kernel ${version}: the build left no bzImage or headers`)
+      return {bzImage: r.bzImage, headers: r.headers}
+    })
+    built.set(version, k)
+  }
+  return k
+}
+
+/** Where boot tests leave their serial console logs (uploaded by CI when a boot fails). */
+export async function testLogDir(): Promise<string> {
+  const dir = process.env.NETBOOT_TEST_LOGS ?? join(tmpdir(), 'netboot-test-logs')
+  await mkdir(dir, {recursive: true})
+  return dir
+}
