@@ -25,10 +25,10 @@ export interface NetbootConfig {
   image: {
     /** "demo" (the built-in demo root), a directory, or a .tar/.tar.gz root file system. */
     source: string
-    /** Size of the ext4 file system inside the image, MiB. */
+    /** Size of the ext4 file system inside the image, MiB; 0 = content + 30 %. */
     sizeMiB: number
-    /** qcow2 cluster compression of the root image. */
-    compression: 'none' | 'zlib' | 'zstd'
+    /** qcow2 cluster compression of the root image ("deflate" is another name for zlib). */
+    compression: 'none' | 'deflate' | 'zlib' | 'zstd'
     format: 'qcow2' | 'raw'
   }
   boot: {
@@ -66,8 +66,8 @@ export const SCHEMA: Schema = {
   },
   image: {
     source: {type: 'string', help: '"demo", a root directory, or a .tar/.tar.gz root file system'},
-    sizeMiB: {type: 'integer', min: 16, max: 1024 * 1024, help: 'ext4 size in MiB'},
-    compression: {type: 'enum', values: ['none', 'zlib', 'zstd'], help: 'qcow2 cluster compression'},
+    sizeMiB: {type: 'integer', min: 0, max: 1024 * 1024, help: 'ext4 size in MiB; 0 = content + 30 %'},
+    compression: {type: 'enum', values: ['none', 'deflate', 'zlib', 'zstd'], help: 'qcow2 cluster compression'},
     format: {type: 'enum', values: ['qcow2', 'raw'], help: 'root image format'},
   },
   boot: {
@@ -92,7 +92,7 @@ export function defaultConfig(cwd = process.cwd()): NetbootConfig {
     output: resolve(cwd, 'out'),
     cacheDir: '',
     kernel: {version: '6.1', series: '', jobs: 0},
-    image: {source: 'demo', sizeMiB: 64, compression: 'none', format: 'qcow2'},
+    image: {source: 'demo', sizeMiB: 0, compression: 'none', format: 'qcow2'},
     boot: {memoryMiB: 512, timeoutSec: 300, cmdline: '', onfail: 'shell'},
     serve: {host: '127.0.0.1', port: 0},
   }

@@ -53,7 +53,7 @@ test('type, range and enum errors name the key and quote the value', (t) => {
   t.is(failure({boot: {memoryMiB: 'lots'}}).message, 'config key "boot.memoryMiB" must be an integer, got "lots"')
   t.is(failure({boot: {memoryMiB: 1.5}}).message, 'config key "boot.memoryMiB" must be an integer, got 1.5')
   t.is(failure({serve: {port: 70_000}}).message, 'config key "serve.port" must be between 0 and 65535, got 70000')
-  t.is(failure({image: {compression: 'lzma'}}).message, 'config key "image.compression" must be one of "none", "zlib", "zstd", got "lzma"')
+  t.is(failure({image: {compression: 'lzma'}}).message, 'config key "image.compression" must be one of "none", "deflate", "zlib", "zstd", got "lzma"')
   t.is(failure({kernel: '6.1'}).message, 'config key "kernel" must be an object, got "6.1"')
   t.is(failure({output: ''}).message, 'config key "output" must be a non-empty path string, got ""')
   t.regex(failure([1]).message, /must be a JSON object, got an array/)
