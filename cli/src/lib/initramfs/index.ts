@@ -77,8 +77,13 @@ export interface InitramfsResult {
   overTarget: boolean
 }
 
-async function readExecutable(path: string, what: string): Promise<Buffer> {
-  if (!existsSync(path)) throw new NetbootError(`${what} ${path} does not exist`, {exit: 2})
+const HOW_TO_GET: Record<string, string> = {
+  busybox: 'apt-get install busybox-static',
+  loopfmt: 'build it with `netboot initramfs --kernel-headers DIR` (or `netboot kernel build` first)',
+}
+
+async function readExecutable(path: string, what: 'busybox' | 'loopfmt'): Promise<Buffer> {
+  if (!existsSync(path)) throw new NetbootError(`${what} ${path} does not exist`, {exit: 2, suggestions: [HOW_TO_GET[what]!]})
   const data = await readFile(path)
   let isStatic: boolean
   try {
@@ -86,7 +91,9 @@ async function readExecutable(path: string, what: string): Promise<Buffer> {
   } catch (err) {
     throw new NetbootError(`${what} ${path} is not an ELF executable: ${(err as Error).message}`, {exit: 2})
   }
-  if (!isStatic) throw new NetbootError(`${what} ${path} is dynamically linked; the initramfs has no dynamic loader`, {exit: 2})
+  if (!isStatic) {
+    throw new NetbootError(`${what} ${path} is dynamically linked; the initramfs has no dynamic loader`, {exit: 2, suggestions: [HOW_TO_GET[what]!]})
+  }
   return data
 }
 
