@@ -234,3 +234,47 @@ export function formatBytes(bytes: number): string {
   }
   return i === 0 ? `${v} B` : `${v.toFixed(1)} ${units[i]}`
 }
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM'
+  }
+}
+
+/**
+ * Runs `fn` holding an exclusive lock (a directory created with mkdir, which is atomic) so two
+ * netboot processes never run make in the same build directory. A lock whose owner died is
+ * taken over. `onWait` is told once who holds it.
+ */
+export async function withLock<T>(lockDir: string, fn: () => Promise<T>, onWait?: (holder: string) => void, pollMs = 1000): Promise<T> {
+  await mkdir(dirname(lockDir), {recursive: true})
+  let told = false
+  for (;;) {
+    try {
+      await mkdir(lockDir)
+      await writeFile(join(lockDir, 'pid'), String(process.pid))
+      break
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
+      const pid = Number(await readFile(join(lockDir, 'pid'), 'utf8').catch(() => ''))
+      // No pid file yet: the owner is between mkdir and writeFile; give it a moment.
+      if (pid > 0 && !pidAlive(pid)) {
+        await rm(lockDir, {recursive: true, force: true})
+        continue
+      }
+      if (!told && pid > 0) {
+        told = true
+        onWait?.(`process ${pid}`)
+      }
+      await new Promise((r) => setTimeout(r, pollMs))
+    }
+  }
+  try {
+    return await fn()
+  } finally {
+    await rm(lockDir, {recursive: true, force: true})
+  }
+}

@@ -8,7 +8,7 @@ import {pipeline} from 'node:stream/promises'
 import {createGunzip} from 'node:zlib'
 import tar from 'tar-stream'
 
-import {atomicDir, atomicWrite, cacheKey, cacheRoot, entryPath, readEntry, sha256, touchEntry, type EntryInfo} from './cache.js'
+import {atomicDir, atomicWrite, cacheKey, cacheRoot, entryPath, readEntry, sha256, touchEntry, withLock, type EntryInfo} from './cache.js'
 import {DEBIAN_KERNELS, defaultSeriesDir} from './config.js'
 import {requireTools} from './doctor.js'
 import {NetbootError, usageError} from './errors.js'
@@ -657,111 +657,116 @@ export async function buildKernel(ctx: RunContext, options: KernelBuildOptions):
   const prepared = await prepareKernel(ctx, options.kernel)
   const series = readSeries(seriesDirFor(prepared.version, options.series), prepared.version.series)
   if (!series.fragment) throw new NetbootError(`series ${series.dir} has no config fragment (${join(series.dir, 'config')})`, {exit: 2})
-  const fragmentText = readFileSync(series.fragment, 'utf8')
+  const fragmentPath = series.fragment
+  const fragmentText = readFileSync(fragmentPath, 'utf8')
   const fragment = parseConfigFragment(fragmentText)
-  await applySeries(ctx, prepared.tree, series)
+  // One build at a time per tree: patching and make share the tree and the build directory.
+  const lock = join(srcEntryPath(prepared.source), 'build.lock')
+  return withLock(lock, async () => {
+    await applySeries(ctx, prepared.tree, series)
 
-  const manifest = {
-    source: prepared.source.identity,
-    patches: series.patches.map((p) => ({name: p.name, sha256: p.sha256})),
-    fragment: sha256(fragmentText),
-    compiler: await compilerVersion(ctx),
-    options: {arch: ARCH, base: 'tinyconfig', target: 'bzImage'},
-  }
-  const key = cacheKey(manifest)
-  const finalDir = entryPath('kernel', key)
-  const patches = series.patches.map((p) => p.name)
-  if (!options.configOnly && existsSync(join(finalDir, 'bzImage'))) {
-    await touchEntry(finalDir)
+    const manifest = {
+      source: prepared.source.identity,
+      patches: series.patches.map((p) => ({name: p.name, sha256: p.sha256})),
+      fragment: sha256(fragmentText),
+      compiler: await compilerVersion(ctx),
+      options: {arch: ARCH, base: 'tinyconfig', target: 'bzImage'},
+    }
+    const key = cacheKey(manifest)
+    const finalDir = entryPath('kernel', key)
+    const patches = series.patches.map((p) => p.name)
+    if (!options.configOnly && existsSync(join(finalDir, 'bzImage'))) {
+      await touchEntry(finalDir)
+      return {
+        key,
+        dir: finalDir,
+        bzImage: join(finalDir, 'bzImage'),
+        config: join(finalDir, 'config'),
+        headers: join(finalDir, 'include'),
+        reused: true,
+        reason: 'same source, patches, config fragment and compiler as a cached build',
+        version: prepared.version.full,
+        patches,
+      }
+    }
+    const reason = options.configOnly ? 'configuration check only' : await whyNotReused(manifest)
+    ctx.log.write(`kernel ${key.slice(0, 16)} not in the cache: ${reason}`)
+
+    const ccacheDir = join(cacheRoot(), 'ccache')
+    await mkdir(ccacheDir, {recursive: true})
+    await mkdir(prepared.buildDir, {recursive: true})
+    const env = {
+      ...process.env,
+      CCACHE_DIR: ccacheDir,
+      // Reproducible banner: the build user/host/time would otherwise differ on every machine.
+      KBUILD_BUILD_USER: 'netboot',
+      KBUILD_BUILD_HOST: 'netboot',
+    }
+    const jobs = options.jobs && options.jobs > 0 ? options.jobs : cpus().length
+    const make = (args: string[], extra: {onLine?: (l: string) => void} = {}) =>
+      run(ctx, 'make', ['-C', prepared.tree, `O=${prepared.buildDir}`, `ARCH=${ARCH}`, 'CC=ccache gcc', 'HOSTCC=gcc', ...args], {env, tailLines: 30, ...extra})
+
+    ctx.progress?.('make tinyconfig')
+    await make(['tinyconfig'])
+    ctx.progress?.(`merging ${relative(process.cwd(), fragmentPath) || fragmentPath}`)
+    await run(ctx, join(prepared.tree, 'scripts/kconfig/merge_config.sh'), ['-m', '-O', prepared.buildDir, join(prepared.buildDir, '.config'), fragmentPath], {
+      cwd: prepared.tree,
+      env,
+    })
+    ctx.progress?.('make olddefconfig')
+    await make(['olddefconfig'])
+    const dotConfigPath = join(prepared.buildDir, '.config')
+    const mismatches = checkConfig(fragment, readFileSync(dotConfigPath, 'utf8'))
+    if (mismatches.length > 0) {
+      const list = mismatches.map((m) => `${m.name}=${m.value} (got ${m.actual === 'n' ? 'not set' : m.actual})`).join(', ')
+      throw new NetbootError(`${mismatches.length} option(s) of ${fragmentPath} did not survive olddefconfig: ${list}`, {
+        suggestions: ['Kconfig drops options whose dependencies are off: add the missing dependencies to the fragment', `inspect with: make -C ${prepared.tree} O=${prepared.buildDir} ARCH=${ARCH} menuconfig`],
+      })
+    }
+    if (options.configOnly) {
+      return {key, config: dotConfigPath, reused: false, reason, version: prepared.version.full, patches}
+    }
+
+    const estimateFile = join(prepared.buildDir, '.netboot-objects')
+    const estimate = existsSync(estimateFile) ? Number(readFileSync(estimateFile, 'utf8')) || DEFAULT_OBJECT_ESTIMATE : DEFAULT_OBJECT_ESTIMATE
+    let objects = 0
+    let lastReport = 0
+    const onLine = (line: string) => {
+      if (!OBJECT_LINE.test(line)) return
+      objects++
+      const now = Date.now()
+      if (now - lastReport > 500) {
+        lastReport = now
+        const pct = Math.min(99, Math.floor((objects / estimate) * 100))
+        ctx.progress?.(`make bzImage: ${objects} objects, ~${pct}% (-j${jobs})`)
+      }
+    }
+    await make([`-j${jobs}`, 'bzImage'], {onLine})
+    // An incremental build compiles little; only a full build is a good estimate for the next one.
+    if (objects > estimate / 2) await writeFile(estimateFile, String(objects))
+
+    const dir = await atomicDir(
+      finalDir,
+      async (tmp) => {
+        ctx.progress?.('make headers_install')
+        await make(['headers_install', `INSTALL_HDR_PATH=${tmp}`])
+        await copyFile(join(prepared.buildDir, 'arch/x86/boot/bzImage'), join(tmp, 'bzImage'))
+        await copyFile(dotConfigPath, join(tmp, 'config'))
+      },
+      {kind: 'kernel', key, manifest},
+    )
     return {
       key,
-      dir: finalDir,
-      bzImage: join(finalDir, 'bzImage'),
-      config: join(finalDir, 'config'),
-      headers: join(finalDir, 'include'),
-      reused: true,
-      reason: 'same source, patches, config fragment and compiler as a cached build',
+      dir,
+      bzImage: join(dir, 'bzImage'),
+      config: join(dir, 'config'),
+      headers: join(dir, 'include'),
+      reused: false,
+      reason,
       version: prepared.version.full,
       patches,
     }
-  }
-  const reason = options.configOnly ? 'configuration check only' : await whyNotReused(manifest)
-  ctx.log.write(`kernel ${key.slice(0, 16)} not in the cache: ${reason}`)
-
-  const ccacheDir = join(cacheRoot(), 'ccache')
-  await mkdir(ccacheDir, {recursive: true})
-  await mkdir(prepared.buildDir, {recursive: true})
-  const env = {
-    ...process.env,
-    CCACHE_DIR: ccacheDir,
-    // Reproducible banner: the build user/host/time would otherwise differ on every machine.
-    KBUILD_BUILD_USER: 'netboot',
-    KBUILD_BUILD_HOST: 'netboot',
-  }
-  const jobs = options.jobs && options.jobs > 0 ? options.jobs : cpus().length
-  const make = (args: string[], extra: {onLine?: (l: string) => void} = {}) =>
-    run(ctx, 'make', ['-C', prepared.tree, `O=${prepared.buildDir}`, `ARCH=${ARCH}`, 'CC=ccache gcc', 'HOSTCC=gcc', ...args], {env, tailLines: 30, ...extra})
-
-  ctx.progress?.('make tinyconfig')
-  await make(['tinyconfig'])
-  ctx.progress?.(`merging ${relative(process.cwd(), series.fragment) || series.fragment}`)
-  await run(ctx, join(prepared.tree, 'scripts/kconfig/merge_config.sh'), ['-m', '-O', prepared.buildDir, join(prepared.buildDir, '.config'), series.fragment], {
-    cwd: prepared.tree,
-    env,
-  })
-  ctx.progress?.('make olddefconfig')
-  await make(['olddefconfig'])
-  const dotConfigPath = join(prepared.buildDir, '.config')
-  const mismatches = checkConfig(fragment, readFileSync(dotConfigPath, 'utf8'))
-  if (mismatches.length > 0) {
-    const list = mismatches.map((m) => `${m.name}=${m.value} (got ${m.actual === 'n' ? 'not set' : m.actual})`).join(', ')
-    throw new NetbootError(`${mismatches.length} option(s) of ${series.fragment} did not survive olddefconfig: ${list}`, {
-      suggestions: ['Kconfig drops options whose dependencies are off: add the missing dependencies to the fragment', `inspect with: make -C ${prepared.tree} O=${prepared.buildDir} ARCH=${ARCH} menuconfig`],
-    })
-  }
-  if (options.configOnly) {
-    return {key, config: dotConfigPath, reused: false, reason, version: prepared.version.full, patches}
-  }
-
-  const estimateFile = join(prepared.buildDir, '.netboot-objects')
-  const estimate = existsSync(estimateFile) ? Number(readFileSync(estimateFile, 'utf8')) || DEFAULT_OBJECT_ESTIMATE : DEFAULT_OBJECT_ESTIMATE
-  let objects = 0
-  let lastReport = 0
-  const onLine = (line: string) => {
-    if (!OBJECT_LINE.test(line)) return
-    objects++
-    const now = Date.now()
-    if (now - lastReport > 500) {
-      lastReport = now
-      const pct = Math.min(99, Math.floor((objects / estimate) * 100))
-      ctx.progress?.(`make bzImage: ${objects} objects, ~${pct}% (-j${jobs})`)
-    }
-  }
-  await make([`-j${jobs}`, 'bzImage'], {onLine})
-  // An incremental build compiles little; only a full build is a good estimate for the next one.
-  if (objects > estimate / 2) await writeFile(estimateFile, String(objects))
-
-  const dir = await atomicDir(
-    finalDir,
-    async (tmp) => {
-      ctx.progress?.('make headers_install')
-      await make(['headers_install', `INSTALL_HDR_PATH=${tmp}`])
-      await copyFile(join(prepared.buildDir, 'arch/x86/boot/bzImage'), join(tmp, 'bzImage'))
-      await copyFile(dotConfigPath, join(tmp, 'config'))
-    },
-    {kind: 'kernel', key, manifest},
-  )
-  return {
-    key,
-    dir,
-    bzImage: join(dir, 'bzImage'),
-    config: join(dir, 'config'),
-    headers: join(dir, 'include'),
-    reused: false,
-    reason,
-    version: prepared.version.full,
-    patches,
-  }
+  }, (holder) => ctx.progress?.(`waiting for ${holder}, which is building this kernel`))
 }
 
 /** Locates the prepared tree for --kernel without creating it (for export). */

@@ -3,7 +3,7 @@ import {existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync, mkdir
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 
-import {atomicDir, atomicWrite, cacheKey, cacheRoot, cleanCache, ENTRY_FILE, entryPath, listCache, parseDuration, readEntry, stableStringify} from '../../src/lib/cache.js'
+import {atomicDir, atomicWrite, cacheKey, cacheRoot, cleanCache, ENTRY_FILE, entryPath, listCache, parseDuration, readEntry, stableStringify, withLock} from '../../src/lib/cache.js'
 
 // Each test gets its own cache root; tests in one file run in one process, so run serially.
 function freshCache(): string {
@@ -104,4 +104,25 @@ test('parseDuration', (t) => {
   t.is(parseDuration('7d'), 7 * 86_400_000)
   t.is(parseDuration('2w'), 14 * 86_400_000)
   t.throws(() => parseDuration('7 days'), {message: /duration "7 days" is not valid/})
+})
+
+test('withLock serialises holders and takes over a lock whose owner died', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'netboot-lock-'))
+  const lock = join(dir, 'build.lock')
+  const events: string[] = []
+  const holder = (name: string) => async () => {
+    events.push(`${name} in`)
+    await new Promise((r) => setTimeout(r, 50))
+    events.push(`${name} out`)
+  }
+  let waitedFor = ''
+  await Promise.all([withLock(lock, holder('a'), undefined, 10), withLock(lock, holder('b'), (h) => (waitedFor = h), 10)])
+  t.deepEqual(events, ['a in', 'a out', 'b in', 'b out'])
+  t.is(waitedFor, `process ${process.pid}`)
+  t.false(existsSync(lock), 'released')
+
+  // A lock left by a process that no longer exists (pid far above pid_max).
+  mkdirSync(lock)
+  writeFileSync(join(lock, 'pid'), '99999999')
+  t.is(await withLock(lock, async () => 'ran', undefined, 10), 'ran')
 })
