@@ -94,15 +94,19 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
    * output is not a terminal or --verbose streams tool output, nothing with --json.
    */
   protected async steps<C extends object>(tasks: ListrTask<C>[], ctx: C): Promise<C> {
-    const renderer = this.jsonEnabled() ? 'silent' : this.flags.verbose || !process.stdout.isTTY ? 'simple' : 'default'
-    const listr = new Listr<C>(tasks, {
+    const json = this.jsonEnabled()
+    const plain = this.flags.verbose || !process.stdout.isTTY
+    const listr = new Listr<C, 'default', 'simple'>(tasks, {
       ctx,
-      renderer,
+      renderer: 'default',
+      fallbackRenderer: 'simple',
+      fallbackRendererCondition: () => plain,
+      silentRendererCondition: () => json,
       exitOnError: true,
       collectErrors: false,
       // BaseCommand.catch prints the error once; the task line only marks which step failed.
       rendererOptions: {collapseErrors: false, showErrorMessage: false},
-    } as never)
+    })
     return listr.run()
   }
 
