@@ -69,7 +69,7 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
   protected context(outputDir: string = this.settings.output): RunContext {
     if (!this.runLog || this.runLog.path !== RunLog.inOutput(outputDir).path) {
       this.runLog = RunLog.inOutput(outputDir)
-      this.runLog.write(`=== netboot ${this.id ?? ''} ${this.argv.join(' ')}`)
+      this.runLog.write(`=== netboot ${(this.id ?? '').replaceAll(':', ' ')} ${this.argv.join(' ')}`)
     }
     return {log: this.runLog, verbose: this.flags.verbose}
   }
