@@ -104,7 +104,7 @@ export interface WaitOptions {
 }
 
 // eslint-disable-next-line no-control-regex
-const ANSI = /\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|[\x00-\x08\x0b\x0c\x0e-\x1f]/g
+const ANSI = /\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\x1b[A-Za-z=>78]|[\x00-\x08\x0b\x0c\x0e-\x1f]/g
 
 /** Console text as tests see it: no escape sequences, no carriage returns or backspaces. */
 export function cleanConsole(raw: string): string {

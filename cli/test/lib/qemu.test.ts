@@ -137,6 +137,8 @@ test('kernel command line parses back into parameters', (t) => {
 
 test('console cleaning keeps text, drops escapes', (t) => {
   t.is(cleanConsole('\x1b[0;1miPXE\x1b[0m\r\nok\x08\n'), 'iPXE\nok\n')
+  // What the kernel sends when it takes over the console from iPXE.
+  t.is(cleanConsole('kernel\n\x1bc\x1b[?7l\x1b[2J[    0.000000] Linux'), 'kernel\n[    0.000000] Linux')
 })
 
 test('a marker matches whole lines, not the first piece of a line', async (t) => {
