@@ -48,7 +48,7 @@ early, and prints how long each boot phase took.`
       accel: this.flags.accel as Accel,
       params: check ? undefined : {onfail: this.settings.boot.onfail},
       cmdlineExtra: extra,
-      interactive: !check && !json && process.stdin.isTTY === true,
+      interactive: !check && !json,
       onConsole: echo ? (chunk) => process.stdout.write(chunk) : undefined,
     })
     if (echo) {

@@ -111,6 +111,20 @@ export function cleanConsole(raw: string): string {
   return raw.replace(/\r/g, '').replace(ANSI, '')
 }
 
+/** Every QEMU still running: killed when this process exits, however it exits. */
+const live = new Set<ChildProcess>()
+let exitHookInstalled = false
+function trackChild(child: ChildProcess): void {
+  live.add(child)
+  child.once('exit', () => live.delete(child))
+  if (!exitHookInstalled) {
+    exitHookInstalled = true
+    process.once('exit', () => {
+      for (const c of live) c.kill('SIGKILL')
+    })
+  }
+}
+
 /**
  * A running QEMU with its console. waitFor() calls consume the console in order: each one
  * searches from the end of the previous match, which is how ordered markers are checked.
@@ -133,6 +147,7 @@ export class QemuVm {
     this.startedAt = Date.now()
     if (opts.consoleLog) this.log = createWriteStream(opts.consoleLog)
     this.child = spawn(argv[0], argv.slice(1), {stdio: [opts.interactive ? 'inherit' : 'pipe', 'pipe', 'pipe']})
+    trackChild(this.child)
     // Serial output arrives in arbitrary pieces: keep split UTF-8 characters and escape
     // sequences whole until their end arrives.
     const decoder = new StringDecoder('utf8')
@@ -459,6 +474,11 @@ export async function bootTree(opts: BootOptions): Promise<BootResult> {
   })
   let vm: QemuVm | undefined
   const t0 = Date.now()
+  // Stopping `netboot boot` (SIGTERM, SIGHUP; Ctrl-C when not interactive) stops the VM too; the
+  // console wait then ends as "QEMU exited" and the server is closed below.
+  const stop = () => void vm?.kill()
+  const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP']
+  for (const sig of signals) process.on(sig, stop)
   try {
     const httpBase = qemuHttpBase(server.port)
     const cmdline = bootCmdline(manifest, httpBase, {...(opts.check ? {demo: 'poweroff', onfail: 'poweroff'} : {}), ...opts.params}, opts.cmdlineExtra)
@@ -492,6 +512,7 @@ export async function bootTree(opts: BootOptions): Promise<BootResult> {
       return {ok: false, failure: err.message.split('\n')[0], phases: timings(vm), ...base, wallMs: Date.now() - t0}
     }
   } finally {
+    for (const sig of signals) process.off(sig, stop)
     await vm?.kill()
     await server.close()
   }
