@@ -4,18 +4,14 @@
 // qcow2 image; the kernel log stays clean.
 import test from 'ava'
 import {execa} from 'execa'
-import {mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile} from 'node:fs/promises'
+import {mkdir, mkdtemp, rm, writeFile} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
-import {gzipSync} from 'node:zlib'
-import {CpioArchive} from '../cli/src/lib/initramfs/cpio.js'
-import {buildLoopfmt} from '../cli/src/lib/loopfmt.js'
-import {quietContext} from '../cli/src/lib/log.js'
 import {QemuVm} from '../cli/src/lib/qemu.js'
+import {busyboxInitramfs, ext4Disk, GUEST_DIR, loopfmtBinary} from './lib/guest.js'
 import {testKernel, testLogDir} from './lib/kernel.js'
 import {buildImages, sha256File, VIRTUAL_SIZE, type BuiltImages} from './lib/qcow2-variants.js'
 
-const GUEST = join(import.meta.dirname, 'guest')
 const KERNEL_VERSION = process.env.NETBOOT_TEST_KERNEL ?? '6.1'
 
 interface Run {
@@ -23,18 +19,6 @@ interface Run {
   images: BuiltImages
   rawFileSha: string
   commandLine: string
-}
-
-async function busyboxInitramfs(init: string, binaries: Record<string, Buffer>): Promise<Buffer> {
-  const archive = new CpioArchive()
-  archive.file('bin/busybox', await readFile('/bin/busybox'), 0o755)
-  const {stdout} = await execa('/bin/busybox', ['--list'])
-  for (const applet of stdout.split('\n').filter((a) => a && a !== 'busybox')) archive.symlink(`bin/${applet}`, 'busybox')
-  for (const [name, data] of Object.entries(binaries)) archive.file(`bin/${name}`, data, 0o755)
-  archive.file('init', await readFile(init), 0o755)
-  for (const dir of ['dev', 'proc', 'sys', 'img', 'mnt', 'tmp', 'sbin']) archive.dir(dir)
-  archive.charDev('dev/console', 5, 1)
-  return gzipSync(archive.encode())
 }
 
 async function runMatrix(): Promise<Run> {
@@ -52,17 +36,14 @@ async function runMatrix(): Promise<Run> {
 
   await writeFile(join(imagesDir, 'good.list'), images.good.map((g) => g.file.split('/').pop()!.replace(/\.qcow2$/, '')).join('\n') + '\n')
   await writeFile(join(imagesDir, 'refused.list'), images.refused.map((r) => r.name).join('\n') + '\n')
-  let bytes = 0
-  for (const f of await readdir(imagesDir)) bytes += (await stat(join(imagesDir, f))).size
   const disk = join(work, 'disk.ext4')
-  await execa('mkfs.ext4', ['-q', '-F', '-d', imagesDir, disk, `${Math.ceil((bytes * 1.2) / 1048576) + 32}M`])
+  await ext4Disk(imagesDir, disk)
 
-  const loopfmt = await buildLoopfmt(quietContext(), {includeDir: kernel.headers})
   const edge = join(work, 'loop-edge')
-  await execa('gcc', ['-static', '-O2', '-Wall', '-Wextra', '-Werror', '-I', kernel.headers, '-o', edge, join(GUEST, 'loop-edge.c')])
+  await execa('gcc', ['-static', '-O2', '-Wall', '-Wextra', '-Werror', '-I', kernel.headers, '-o', edge, join(GUEST_DIR, 'loop-edge.c')])
   const initrd = join(work, 'initrd.gz')
-  await writeFile(initrd, await busyboxInitramfs(join(GUEST, 'qcow2-matrix.sh'), {
-    loopfmt: await readFile(loopfmt.path),
+  await writeFile(initrd, await busyboxInitramfs(join(GUEST_DIR, 'qcow2-matrix.sh'), {
+    loopfmt: await loopfmtBinary(kernel.headers),
     'loop-edge': await readFile(edge),
   }))
 
