@@ -26,6 +26,7 @@ import {
   QemuVm,
   readManifest,
   type Accel,
+  type Firmware,
   type Match,
   type Nic,
   type PhaseTiming,
@@ -53,6 +54,8 @@ export interface VmConfig {
   memoryMiB?: number
   nic?: Nic
   accel?: Accel
+  /** bios (default) or uefi (OVMF). */
+  firmware?: Firmware
   /** /init parameters on top of the tree's (onfail, retries, sha256, demo...). Default demo=poweroff, onfail=poweroff. */
   params?: Omit<CmdlineParams, 'url' | 'manifest' | 'extra'>
   cmdlineExtra?: string[]
@@ -108,6 +111,7 @@ export async function bootVm(cfg: VmConfig = {}): Promise<BootedVm> {
       accel: cfg.accel ?? (process.env.NETBOOT_ACCEL as Accel | undefined) ?? 'tcg',
       memoryMiB: cfg.memoryMiB ?? 512,
       nic: cfg.nic ?? 'virtio',
+      firmware: cfg.firmware,
       consoleLog,
       extraArgs: cfg.qemuArgs,
     }

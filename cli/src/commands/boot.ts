@@ -4,7 +4,7 @@ import {resolve} from 'node:path'
 import {BaseCommand} from '../base.js'
 import {NetbootError} from '../lib/errors.js'
 import {splitExtraCmdline} from '../lib/pxe.js'
-import {bootTree, formatPhases, type Accel, type BootResult, type Nic} from '../lib/qemu.js'
+import {bootTree, formatPhases, type Accel, type BootResult, type Firmware, type Nic} from '../lib/qemu.js'
 
 export default class Boot extends BaseCommand<typeof Boot> {
   static override summary = 'PXE-boot the PXE tree in QEMU (user networking + the netboot HTTP server).'
@@ -29,6 +29,7 @@ early, and prints how long each boot phase took.`
     timeout: Flags.integer({summary: 'Seconds to wait for the marker with --check (default: boot.timeoutSec, 300).', min: 1}),
     memory: Flags.integer({summary: 'Guest memory in MiB (default: boot.memoryMiB, 512).', min: 32}),
     nic: Flags.string({summary: 'Guest NIC model.', options: ['virtio', 'e1000'], default: 'virtio'}),
+    firmware: Flags.string({summary: 'Guest firmware: bios (SeaBIOS) or uefi (OVMF; the kernel needs CONFIG_EFI_STUB).', options: ['bios', 'uefi'], default: 'bios'}),
     accel: Flags.string({summary: 'QEMU accelerator; KVM only works with hardware virtualisation.', options: ['tcg', 'kvm'], default: 'tcg'}),
     'cmdline-extra': Flags.string({summary: 'Extra kernel parameters, space separated (added to boot.cmdline from the config).'}),
   }
@@ -46,6 +47,7 @@ early, and prints how long each boot phase took.`
       memoryMiB: this.flags.memory ?? this.settings.boot.memoryMiB,
       nic: this.flags.nic as Nic,
       accel: this.flags.accel as Accel,
+      firmware: this.flags.firmware as Firmware,
       params: check ? undefined : {onfail: this.settings.boot.onfail},
       cmdlineExtra: extra,
       interactive: !check && !json,

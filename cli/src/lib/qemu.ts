@@ -7,7 +7,7 @@
  * exits 0 on SIGTERM, and -no-reboot turns a panic=-1 reboot into a clean exit).
  */
 import {spawn, type ChildProcess} from 'node:child_process'
-import {createWriteStream, type WriteStream} from 'node:fs'
+import {createWriteStream, existsSync, type WriteStream} from 'node:fs'
 import {mkdir, readFile, writeFile} from 'node:fs/promises'
 import {dirname, join, resolve} from 'node:path'
 import {StringDecoder} from 'node:string_decoder'
@@ -27,6 +27,10 @@ import {startServer, type RunningServer, type ServeFaults} from './serve.js'
 
 export type Accel = 'tcg' | 'kvm'
 export type Nic = 'virtio' | 'e1000'
+export type Firmware = 'bios' | 'uefi'
+
+/** UEFI firmware from Debian's ovmf package; its NIC ROMs (ipxe-qemu) carry iPXE for EFI too. */
+export const OVMF = '/usr/share/ovmf/OVMF.fd'
 
 export interface QemuOptions {
   /** QEMU binary (default qemu-system-x86_64, or $NETBOOT_QEMU). */
@@ -34,6 +38,8 @@ export interface QemuOptions {
   accel?: Accel
   memoryMiB?: number
   nic?: Nic
+  /** bios (SeaBIOS, the default) or uefi (OVMF). */
+  firmware?: Firmware
   /** PXE boot from QEMU's NIC ROM, with the TFTP root and boot file of user networking. */
   pxe?: {tftpDir: string; bootfile?: string}
   /** Direct boot instead of PXE. */
@@ -53,6 +59,12 @@ export interface QemuOptions {
 /** The QEMU command line for `opts` (without the binary). */
 export function qemuArgs(opts: QemuOptions): string[] {
   const args = ['-accel', opts.accel ?? 'tcg', '-m', String(opts.memoryMiB ?? 512), '-nographic', '-no-reboot']
+  if (opts.firmware === 'uefi') {
+    if (!existsSync(OVMF)) {
+      throw new NetbootError(`UEFI boot needs ${OVMF}`, {suggestions: ['apt-get install ovmf', 'or run `netboot doctor --install`']})
+    }
+    args.push('-bios', OVMF)
+  }
   let netdev = 'user,id=n0'
   if (opts.pxe) {
     if (/[,\s]/.test(opts.pxe.tftpDir)) {
@@ -424,6 +436,7 @@ export interface BootOptions {
   memoryMiB?: number
   nic?: Nic
   accel?: Accel
+  firmware?: Firmware
   /** Wait for the demo root's marker and stop the VM (the demo root powers off). */
   check?: boolean
   /** /init parameters to set or override (onfail, retries, demo...). */
@@ -490,6 +503,7 @@ export async function bootTree(opts: BootOptions): Promise<BootResult> {
       accel: opts.accel,
       memoryMiB: opts.memoryMiB,
       nic: opts.nic,
+      firmware: opts.firmware,
       pxe: {tftpDir},
       consoleLog,
       onConsole: opts.onConsole,

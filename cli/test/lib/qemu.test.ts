@@ -1,5 +1,5 @@
 import test from 'ava'
-import {chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
+import {chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 
@@ -8,6 +8,7 @@ import {
   cleanConsole,
   ConsoleTimeoutError,
   FATAL_LINES,
+  OVMF,
   formatPhases,
   parseKernelCmdline,
   parseRootMarker,
@@ -53,6 +54,8 @@ test('QEMU command lines: PXE and direct boot, NIC choice', (t) => {
     '-accel', 'kvm', '-m', '128', '-nographic', '-no-reboot',
     '-netdev', 'user,id=n0', '-device', 'e1000,netdev=n0', '-kernel', '/k', '-initrd', '/i', '-append', 'a=b c',
   ])
+  if (existsSync(OVMF)) t.deepEqual(qemuArgs({pxe: {tftpDir: '/t'}, firmware: 'uefi'}).slice(6, 8), ['-bios', OVMF])
+  else t.throws(() => qemuArgs({pxe: {tftpDir: '/t'}, firmware: 'uefi'}), {message: /apt-get install ovmf|UEFI boot needs/})
   t.throws(() => qemuArgs({}), {message: /needs either a kernel/})
   t.throws(() => qemuArgs({pxe: {tftpDir: '/a,b'}}), {message: /comma or space/})
 })
