@@ -360,8 +360,8 @@ export function parseSeriesFile(text: string): string[] {
     .map((l) => l.split(/\s+/)[0])
 }
 
-export function seriesDirFor(version: KernelVersion, override?: string): string {
-  return override ? resolve(override) : defaultSeriesDir(version.series)
+export function seriesDirFor(version: KernelVersion | string, override?: string): string {
+  return override ? resolve(override) : defaultSeriesDir(typeof version === 'string' ? version : version.series)
 }
 
 export function readSeries(dir: string, version: string): Series {
@@ -592,6 +592,11 @@ export interface KernelBuildOptions {
   jobs?: number
   /** Stop after the configuration check (no compile, nothing cached). */
   configOnly?: boolean
+  /**
+   * A second fragment of the series merged over the first: `config.<variant>` (e.g. "debug":
+   * KUnit, KASAN, lockdep). Built in a build directory of its own.
+   */
+  variant?: string
 }
 
 export interface KernelBuildResult {
@@ -643,6 +648,18 @@ const OBJECT_LINE = /^\s+(CC|AS|LD|AR|HOSTCC|HOSTLD|OBJCOPY)\s/
 /** Objects a tiny x86_64 config plus the fragment compiles, when no earlier build says better. */
 const DEFAULT_OBJECT_ESTIMATE = 1800
 
+/** "6.1" from --kernel when its name says so: Debian's short names, linux-6.1.x / linux-source-6.1 tarballs. */
+export function versionFromName(spec: string, source: KernelSource): string | undefined {
+  if (DEBIAN_KERNELS[spec]) return spec
+  if (source.kind === 'dir') return kernelVersion(source.path).series
+  return /^linux(?:-source)?-(\d+\.\d+)(?:[.-]|$)/.exec(basename(source.path))?.[1]
+}
+
+/** The kernel version recorded in a .config header ("# Linux/x86 6.1.192 Kernel Configuration"). */
+export function configVersion(dotConfig: string): string | undefined {
+  return /^# Linux\/\S+ (\S+) Kernel Configuration$/m.exec(dotConfig)?.[1]
+}
+
 async function compilerVersion(ctx: RunContext): Promise<string> {
   return (await run(ctx, 'gcc', ['--version'])).stdout.split('\n')[0] ?? 'unknown'
 }
@@ -654,47 +671,69 @@ async function compilerVersion(ctx: RunContext): Promise<string> {
  */
 export async function buildKernel(ctx: RunContext, options: KernelBuildOptions): Promise<KernelBuildResult> {
   await requireTools(['make', 'gcc', 'flex', 'bison', 'bc', 'libelf-dev', 'libssl-dev', 'ccache', 'git'])
-  const prepared = await prepareKernel(ctx, options.kernel)
-  const series = readSeries(seriesDirFor(prepared.version, options.series), prepared.version.series)
+  const source = resolveKernelSource(options.kernel)
+  // The series (and so the cache key) follows from the version; a cache hit must not need the
+  // 1.5 GB tree, so extract only when the name does not tell the version.
+  const seriesVersion = versionFromName(options.kernel, source) ?? (await prepareKernel(ctx, options.kernel)).version.series
+  const series = readSeries(seriesDirFor(seriesVersion, options.series), seriesVersion)
   if (!series.fragment) throw new NetbootError(`series ${series.dir} has no config fragment (${join(series.dir, 'config')})`, {exit: 2})
-  const fragmentPath = series.fragment
-  const fragmentText = readFileSync(fragmentPath, 'utf8')
+  const fragmentPaths = [series.fragment]
+  if (options.variant) {
+    const variantPath = join(series.dir, `config.${options.variant}`)
+    if (!existsSync(variantPath)) throw new NetbootError(`series ${series.dir} has no config variant "${options.variant}" (${variantPath})`, {exit: 2})
+    fragmentPaths.push(variantPath)
+  }
+  const fragmentPath = fragmentPaths.join(' + ')
+  const fragmentText = fragmentPaths.map((p) => readFileSync(p, 'utf8')).join('\n')
   const fragment = parseConfigFragment(fragmentText)
+  const manifest = {
+    source: source.identity,
+    patches: series.patches.map((p) => ({name: p.name, sha256: p.sha256})),
+    fragment: sha256(fragmentText),
+    compiler: await compilerVersion(ctx),
+    options: {arch: ARCH, base: 'tinyconfig', target: 'bzImage', ...(options.variant ? {variant: options.variant} : {})},
+  }
+  const key = cacheKey(manifest)
+  const finalDir = entryPath('kernel', key)
+  const patches = series.patches.map((p) => p.name)
+  const cached = async (): Promise<KernelBuildResult | undefined> => {
+    if (options.configOnly || !existsSync(join(finalDir, 'bzImage'))) return undefined
+    await touchEntry(finalDir)
+    return {
+      key,
+      dir: finalDir,
+      bzImage: join(finalDir, 'bzImage'),
+      config: join(finalDir, 'config'),
+      headers: join(finalDir, 'include'),
+      reused: true,
+      reason: 'same source, patches, config fragment and compiler as a cached build',
+      version: configVersion(readFileSync(join(finalDir, 'config'), 'utf8')) ?? seriesVersion,
+      patches,
+    }
+  }
+  const hit = await cached()
+  if (hit) return hit
+
+  const prepared = await prepareKernel(ctx, options.kernel)
+  if (prepared.version.series !== seriesVersion) {
+    throw new NetbootError(`${options.kernel} looks like Linux ${seriesVersion} by its name but its Makefile says ${prepared.version.full}`, {exit: 2})
+  }
+  // Variants keep build directories of their own, so switching between them rebuilds nothing.
+  const buildDir = options.variant ? `${prepared.buildDir}-${options.variant}` : prepared.buildDir
   // One build at a time per tree: patching and make share the tree and the build directory.
   const lock = join(srcEntryPath(prepared.source), 'build.lock')
   return withLock(lock, async () => {
+    // Whoever held the lock may just have built this very kernel.
+    const builtMeanwhile = await cached()
+    if (builtMeanwhile) return builtMeanwhile
     await applySeries(ctx, prepared.tree, series)
 
-    const manifest = {
-      source: prepared.source.identity,
-      patches: series.patches.map((p) => ({name: p.name, sha256: p.sha256})),
-      fragment: sha256(fragmentText),
-      compiler: await compilerVersion(ctx),
-      options: {arch: ARCH, base: 'tinyconfig', target: 'bzImage'},
-    }
-    const key = cacheKey(manifest)
-    const finalDir = entryPath('kernel', key)
-    const patches = series.patches.map((p) => p.name)
-    if (!options.configOnly && existsSync(join(finalDir, 'bzImage'))) {
-      await touchEntry(finalDir)
-      return {
-        key,
-        dir: finalDir,
-        bzImage: join(finalDir, 'bzImage'),
-        config: join(finalDir, 'config'),
-        headers: join(finalDir, 'include'),
-        reused: true,
-        reason: 'same source, patches, config fragment and compiler as a cached build',
-        version: prepared.version.full,
-        patches,
-      }
-    }
     const reason = options.configOnly ? 'configuration check only' : await whyNotReused(manifest)
     ctx.log.write(`kernel ${key.slice(0, 16)} not in the cache: ${reason}`)
 
     const ccacheDir = join(cacheRoot(), 'ccache')
     await mkdir(ccacheDir, {recursive: true})
-    await mkdir(prepared.buildDir, {recursive: true})
+    await mkdir(buildDir, {recursive: true})
     const env = {
       ...process.env,
       CCACHE_DIR: ccacheDir,
@@ -704,30 +743,30 @@ export async function buildKernel(ctx: RunContext, options: KernelBuildOptions):
     }
     const jobs = options.jobs && options.jobs > 0 ? options.jobs : cpus().length
     const make = (args: string[], extra: {onLine?: (l: string) => void} = {}) =>
-      run(ctx, 'make', ['-C', prepared.tree, `O=${prepared.buildDir}`, `ARCH=${ARCH}`, 'CC=ccache gcc', 'HOSTCC=gcc', ...args], {env, tailLines: 30, ...extra})
+      run(ctx, 'make', ['-C', prepared.tree, `O=${buildDir}`, `ARCH=${ARCH}`, 'CC=ccache gcc', 'HOSTCC=gcc', ...args], {env, tailLines: 30, ...extra})
 
     ctx.progress?.('make tinyconfig')
     await make(['tinyconfig'])
-    ctx.progress?.(`merging ${relative(process.cwd(), fragmentPath) || fragmentPath}`)
-    await run(ctx, join(prepared.tree, 'scripts/kconfig/merge_config.sh'), ['-m', '-O', prepared.buildDir, join(prepared.buildDir, '.config'), fragmentPath], {
+    ctx.progress?.(`merging ${fragmentPaths.map((p) => relative(process.cwd(), p) || p).join(' + ')}`)
+    await run(ctx, join(prepared.tree, 'scripts/kconfig/merge_config.sh'), ['-m', '-O', buildDir, join(buildDir, '.config'), ...fragmentPaths], {
       cwd: prepared.tree,
       env,
     })
     ctx.progress?.('make olddefconfig')
     await make(['olddefconfig'])
-    const dotConfigPath = join(prepared.buildDir, '.config')
+    const dotConfigPath = join(buildDir, '.config')
     const mismatches = checkConfig(fragment, readFileSync(dotConfigPath, 'utf8'))
     if (mismatches.length > 0) {
       const list = mismatches.map((m) => `${m.name}=${m.value} (got ${m.actual === 'n' ? 'not set' : m.actual})`).join(', ')
       throw new NetbootError(`${mismatches.length} option(s) of ${fragmentPath} did not survive olddefconfig: ${list}`, {
-        suggestions: ['Kconfig drops options whose dependencies are off: add the missing dependencies to the fragment', `inspect with: make -C ${prepared.tree} O=${prepared.buildDir} ARCH=${ARCH} menuconfig`],
+        suggestions: ['Kconfig drops options whose dependencies are off: add the missing dependencies to the fragment', `inspect with: make -C ${prepared.tree} O=${buildDir} ARCH=${ARCH} menuconfig`],
       })
     }
     if (options.configOnly) {
       return {key, config: dotConfigPath, reused: false, reason, version: prepared.version.full, patches}
     }
 
-    const estimateFile = join(prepared.buildDir, '.netboot-objects')
+    const estimateFile = join(buildDir, '.netboot-objects')
     const estimate = existsSync(estimateFile) ? Number(readFileSync(estimateFile, 'utf8')) || DEFAULT_OBJECT_ESTIMATE : DEFAULT_OBJECT_ESTIMATE
     let objects = 0
     let lastReport = 0
@@ -750,7 +789,7 @@ export async function buildKernel(ctx: RunContext, options: KernelBuildOptions):
       async (tmp) => {
         ctx.progress?.('make headers_install')
         await make(['headers_install', `INSTALL_HDR_PATH=${tmp}`])
-        await copyFile(join(prepared.buildDir, 'arch/x86/boot/bzImage'), join(tmp, 'bzImage'))
+        await copyFile(join(buildDir, 'arch/x86/boot/bzImage'), join(tmp, 'bzImage'))
         await copyFile(dotConfigPath, join(tmp, 'config'))
       },
       {kind: 'kernel', key, manifest},

@@ -9,6 +9,7 @@ import {
   applySeries,
   BASE_TAG,
   checkConfig,
+  configVersion,
   describeApplyFailure,
   exportSeries,
   kernelVersion,
@@ -19,6 +20,7 @@ import {
   readSeries,
   resolveKernelSource,
   stripDebianIgnoreAll,
+  versionFromName,
 } from '../../src/lib/kernel.js'
 import {quietContext} from '../../src/lib/log.js'
 
@@ -304,4 +306,16 @@ test.serial('export writes the commits as a series that re-applies, byte-identic
   await exportSeries(ctx, tree, out)
   t.deepEqual(r.patches.map((n) => readFileSync(join(out, n), 'utf8')), first)
   t.is((await applySeries(ctx, tree, readSeries(out, '6.1'))).outcome, 'already-applied')
+})
+
+test('the series version comes from the name when it can (no extraction for a cache hit)', (t) => {
+  const {tarball, root} = makeTarball('gz')
+  t.is(versionFromName(tarball, resolveKernelSource(tarball)), '6.1')
+  const other = join(root, 'linux-6.12.117.tar.gz')
+  writeFileSync(other, readFileSync(tarball))
+  t.is(versionFromName(other, resolveKernelSource(other)), '6.12')
+  const anonymous = join(root, 'kernel.tar.gz')
+  writeFileSync(anonymous, readFileSync(tarball))
+  t.is(versionFromName(anonymous, resolveKernelSource(anonymous)), undefined)
+  t.is(configVersion('#\n# Automatically generated file; DO NOT EDIT.\n# Linux/x86 6.1.192 Kernel Configuration\n#\n'), '6.1.192')
 })

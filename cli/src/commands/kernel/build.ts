@@ -14,6 +14,7 @@ and when it is not, the output says why. There is no way to build without a seri
   static override examples = [
     '<%= config.bin %> kernel build',
     '<%= config.bin %> kernel build --config-only',
+    '<%= config.bin %> kernel build --variant debug',
     '<%= config.bin %> kernel build --kernel 6.1 --series patches/linux-6.1 --jobs 2 --json',
   ]
 
@@ -22,6 +23,7 @@ and when it is not, the output says why. There is no way to build without a seri
     series: Flags.string({char: 's', summary: 'Series directory (default: patches/linux-<version>).'}),
     jobs: Flags.integer({char: 'j', min: 0, summary: 'Parallel make jobs (default: number of CPUs).'}),
     'config-only': Flags.boolean({summary: 'Stop after olddefconfig and the option check; compile nothing.'}),
+    variant: Flags.string({summary: 'Also merge <series>/config.<variant> (e.g. debug: KUnit, KASAN); own build directory and cache key.'}),
   }
 
   public async run(): Promise<KernelBuildResult> {
@@ -39,6 +41,7 @@ and when it is not, the output says why. There is no way to build without a seri
                 series: this.flags.series ?? (this.settings.kernel.series || undefined),
                 jobs: this.flags.jobs ?? this.settings.kernel.jobs,
                 configOnly: this.flags['config-only'],
+                variant: this.flags.variant,
               },
             )
             task.title = c.result.reused
