@@ -670,7 +670,7 @@ async function compilerVersion(ctx: RunContext): Promise<string> {
  * applied first so the tree always matches the key.
  */
 export async function buildKernel(ctx: RunContext, options: KernelBuildOptions): Promise<KernelBuildResult> {
-  await requireTools(['make', 'gcc', 'flex', 'bison', 'bc', 'libelf-dev', 'libssl-dev', 'ccache', 'git'])
+  await requireTools(['make', 'gcc', 'flex', 'bison', 'bc', 'libelf-dev', 'libssl-dev', 'ccache', 'rsync', 'git'])
   const source = resolveKernelSource(options.kernel)
   // The series (and so the cache key) follows from the version; a cache hit must not need the
   // 1.5 GB tree, so extract only when the name does not tell the version.

@@ -19,6 +19,7 @@ const banners: Array<[string, string, string]> = [
   ['git', 'git version 2.39.5', '2.39.5'],
   ['dnsmasq', 'Dnsmasq version 2.90  Copyright (c) 2000-2024 Simon Kelley', '2.90'],
   ['xz', 'xz (XZ Utils) 5.4.1\nliblzma 5.4.1', '5.4.1'],
+  ['rsync', 'rsync  version 3.2.7  protocol version 31\nCopyright (C) 1996-2022 by Andrew Tridgell', '3.2.7'],
 ]
 
 for (const [tool, banner, version] of banners) {
