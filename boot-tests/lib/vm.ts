@@ -182,7 +182,9 @@ export async function withVm<T>(cfg: VmConfig, fn: (vm: BootedVm) => Promise<T>)
 export function demoRootMarkers(opts: {pxe?: boolean; format?: 'qcow2' | 'raw'} = {}): Marker[] {
   const fmt = opts.format ?? 'qcow2'
   return [
-    ...(opts.pxe === false ? [] : [{name: 'iPXE loads the kernel', match: /netboot: iPXE booting the kernel/, timeoutSec: 60}]),
+    // iPXE's last line ("netboot: iPXE booting the kernel") loses its tail when the kernel resets
+    // the serial port, so the marker is iPXE's complete "...initramfs.img... ok" line before it.
+    ...(opts.pxe === false ? [] : [{name: 'iPXE loads kernel and initramfs', match: /\/initramfs\.img\.\.\. ok/, timeoutSec: 60}]),
     {name: 'kernel start', match: /Linux version \S+/, timeoutSec: 60},
     {name: 'network up', match: /netboot: network up: \S+ \d+\.\d+\.\d+\.\d+/, timeoutSec: 60},
     {name: 'download start', match: /netboot: downloading \S+ \(\d+ bytes\)/, timeoutSec: 60},
