@@ -20,7 +20,7 @@ import type {ListrTask} from 'listr2'
 
 import {formatBytes} from './cache.js'
 import {NetbootError, usageError} from './errors.js'
-import {sha256File, buildImage, classifySource, type Compression, type ImageFormat, type ImageResult} from './image.js'
+import {sha256File, buildImage, checkClusterSize, classifySource, type Compression, type ImageFormat, type ImageResult} from './image.js'
 import {buildInitramfs, type Compression as InitramfsCompression, type InitramfsResult} from './initramfs/index.js'
 import {buildKernel} from './kernel.js'
 import type {RunContext} from './log.js'
@@ -277,8 +277,14 @@ export const STAGES: Stage[] = [
   },
 ]
 
-/** The context before the first stage: options, paths, and the tree's previous manifest. */
+/**
+ * The context before the first stage: options, paths, and the tree's previous manifest. Bad
+ * input is refused here, before minutes go into a kernel build.
+ */
 export async function newPipelineState(options: PipelineOptions): Promise<PipelineState> {
+  await classifySource(options.imageSource)
+  if (options.clusterSize !== undefined) checkClusterSize(options.clusterSize)
+  if (options.kernelDir && !existsSync(join(options.kernelDir, 'bzImage'))) throw usageError(`--kernel-dir ${resolve(options.kernelDir)} has no bzImage`)
   const outDir = resolve(options.outDir)
   const httpDir = join(outDir, 'http')
   return {options, outDir, httpDir, previous: await readPrevious(httpDir), stages: []}
