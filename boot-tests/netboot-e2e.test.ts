@@ -16,7 +16,7 @@ import {sha256File} from '../cli/src/lib/image.js'
 import type {Manifest} from '../cli/src/lib/pxe.js'
 import {checkQcow2File} from '../cli/src/lib/qcow2-header.js'
 import {cleanConsole, formatPhases, parseRootMarker, type BootResult} from '../cli/src/lib/qemu.js'
-import {buildTree, keepConsole, kernelDirFlags, runCommand} from './lib/build.js'
+import {buildTree, keepConsole, kernelFlags, runCommand} from './lib/build.js'
 import {demoRootMarkers, withVm} from './lib/vm.js'
 
 const work = await mkdtemp(join(tmpdir(), 'netboot-e2e-'))
@@ -87,7 +87,7 @@ function assertDemoRoot(t: ExecutionContext, consoleText: string, manifest: Mani
 
 test.serial('netboot build on defaults, then netboot boot --check PXE-boots it to the demo root', async (t) => {
   const out = join(work, 'default')
-  const build = await runCommand<BuildCommandResult>(Build, ['--out', out, '--json', ...kernelDirFlags()])
+  const build = await runCommand<BuildCommandResult>(Build, ['--out', out, '--json', ...kernelFlags()])
   t.is(build.exit, 0, build.stderr)
   const r = build.result
   t.deepEqual(JSON.parse(build.stdout).artifacts, JSON.parse(JSON.stringify(r.artifacts)), '--json prints the result')

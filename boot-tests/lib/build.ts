@@ -11,10 +11,11 @@ import {RunLog} from '../../cli/src/lib/log.js'
 import {runPipeline, type PipelineOptions, type PipelineResult} from '../../cli/src/lib/pipeline.js'
 import {testLogDir} from './kernel.js'
 
-/** `--kernel-dir DIR` when the tests run against a prebuilt kernel, else nothing. */
-export function kernelDirFlags(): string[] {
+/** `netboot build` flags for the kernel under test: NETBOOT_TEST_KERNEL_DIR (prebuilt) or NETBOOT_TEST_KERNEL (version). */
+export function kernelFlags(): string[] {
   const dir = process.env.NETBOOT_TEST_KERNEL_DIR
-  return dir ? ['--kernel-dir', dir] : []
+  if (dir) return ['--kernel-dir', dir]
+  return process.env.NETBOOT_TEST_KERNEL ? ['--kernel', process.env.NETBOOT_TEST_KERNEL] : []
 }
 
 /** Runs the pipeline into `outDir` (its log in <outDir>/netboot.log) with the demo root by default. */

@@ -313,7 +313,9 @@ export function pipelineTasks(
     title: stage.title,
     task: async (state: PipelineState, task) => {
       const report = await runStage(stage, state, {...ctx, progress: progress(task)})
-      const how = stage.name === 'kernel' || stage.name === 'loopfmt' ? (report.reused ? ', cached' : ', built') : ''
+      const prebuilt = stage.name === 'kernel' ? state.options.kernelDir : stage.name === 'loopfmt' ? state.options.loopfmt : undefined
+      const cachedStage = stage.name === 'kernel' || stage.name === 'loopfmt'
+      const how = prebuilt ? ', prebuilt' : cachedStage ? (report.reused ? ', cached' : ', built') : ''
       task.title = `${stage.title}: ${report.summary} (${seconds(report.ms)}${how})`
     },
   }))
