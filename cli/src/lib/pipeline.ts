@@ -106,7 +106,10 @@ export interface PipelineResult {
   cmdline: string
   kernelRelease?: string
   stages: StageReport[]
-  /** Every file of the tree plus the cached inputs (kernel image, loopfmt), by name. */
+  /**
+   * Every file of the tree by its path under outDir ("http/root.qcow2"), plus the two inputs
+   * that live outside it: "bzImage" (the kernel build) and "loopfmt".
+   */
   artifacts: Record<string, Artifact>
   totalMs: number
 }
@@ -285,6 +288,9 @@ export async function newPipelineState(options: PipelineOptions): Promise<Pipeli
   await classifySource(options.imageSource)
   if (options.clusterSize !== undefined) checkClusterSize(options.clusterSize)
   if (options.kernelDir && !existsSync(join(options.kernelDir, 'bzImage'))) throw usageError(`--kernel-dir ${resolve(options.kernelDir)} has no bzImage`)
+  if (options.httpBase !== undefined && !/^https?:\/\/[^\s"'\\]+$/.test(options.httpBase)) {
+    throw usageError(`--http-url "${options.httpBase}" is not an http:// URL without spaces or quotes`, ['e.g. --http-url http://192.168.100.1'])
+  }
   const outDir = resolve(options.outDir)
   const httpDir = join(outDir, 'http')
   return {options, outDir, httpDir, previous: await readPrevious(httpDir), stages: []}
@@ -335,8 +341,8 @@ export async function pipelineResult(state: PipelineState, ctx: RunContext, tota
   if (!tree) throw new NetbootError('the pipeline stopped before laying out the PXE tree')
   const artifacts: Record<string, Artifact> = {}
   for (const file of tree.files) artifacts[file] = await artifact(join(tree.outDir, file))
-  artifacts['cache/bzImage'] = await artifact(state.kernel!.bzImage)
-  artifacts['cache/loopfmt'] = await artifact(state.loopfmt!.path)
+  artifacts.bzImage = await artifact(state.kernel!.bzImage)
+  artifacts.loopfmt = await artifact(state.loopfmt!.path)
   ctx.log.write(`build done in ${seconds(totalMs)}: ${tree.outDir}`)
   return {
     outDir: tree.outDir,
@@ -356,7 +362,7 @@ export function describeBuild(r: PipelineResult): string {
   for (const s of r.stages) lines.push(`  ${s.name.padEnd(10)} ${seconds(s.ms).padStart(7)}  ${s.summary}; ${s.reason}`)
   lines.push(`PXE tree in ${r.outDir} (total ${seconds(r.totalMs)}):`)
   for (const [name, a] of Object.entries(r.artifacts)) {
-    if (name.startsWith('cache/')) continue
+    if (!name.includes('/')) continue
     lines.push(`  ${name.padEnd(24)} ${formatBytes(a.size).padStart(10)}  sha256 ${a.sha256.slice(0, 16)}…`)
   }
   lines.push(`kernel command line: ${r.cmdline}`, `log: ${relative(process.cwd(), r.log) || r.log}`)

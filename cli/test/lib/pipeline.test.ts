@@ -14,6 +14,7 @@ import type {Manifest} from '../../src/lib/pxe.js'
 import {checkQcow2File} from '../../src/lib/qcow2-header.js'
 import {seriesIncludeDir} from '../initramfs/uapi-fixture.js'
 
+// The pipeline runs mkfs, qemu-img, zstd -19 and gcc: seconds on a quiet machine, more next to a kernel build.
 const work = mkdtempSync(join(tmpdir(), 'netboot-pipeline-'))
 process.env.NETBOOT_CACHE = join(work, 'cache')
 test.after.always(() => rmSync(work, {recursive: true, force: true}))
@@ -27,12 +28,14 @@ function fakeBzImage(release: string): Buffer {
   return buf
 }
 
+const seriesInclude = seriesIncludeDir(join(work, 'uapi'))
+
 /** A prebuilt kernel directory as --kernel-dir takes it: bzImage, include/ with the series' loop.h, a .config. */
 function kernelDir(name: string, config: string): string {
   const dir = join(work, name)
   mkdirSync(dir, {recursive: true})
   writeFileSync(join(dir, 'bzImage'), fakeBzImage('6.1.999-test'))
-  cpSync(seriesIncludeDir(join(work, `${name}-uapi`)), join(dir, 'include'), {recursive: true})
+  cpSync(seriesInclude, join(dir, 'include'), {recursive: true})
   writeFileSync(join(dir, '.config'), config)
   return dir
 }
@@ -83,6 +86,7 @@ test('configSupportsZstdInitrd: only CONFIG_RD_ZSTD=y counts; no config is unkno
 })
 
 test.serial('the pipeline lays out the whole tree; artifacts, manifest and log agree; a rebuild reports reuse', async (t) => {
+  t.timeout(120_000)
   const out = join(work, 'tree')
   const ctx = {log: RunLog.inOutput(out), verbose: false}
   const first = await runPipeline(ctx, options(out))
@@ -99,7 +103,8 @@ test.serial('the pipeline lays out the whole tree; artifacts, manifest and log a
     t.is(first.artifacts[f]?.sha256, await sha256File(join(out, f)), `${f} sha256 in the result`)
     t.is(first.artifacts[f]?.size, readFileSync(join(out, f)).length, `${f} size in the result`)
   }
-  t.truthy(first.artifacts['cache/loopfmt'])
+  t.truthy(first.artifacts.loopfmt)
+  t.is(first.artifacts.bzImage?.sha256, await sha256File(join(zstdKernel, 'bzImage')))
   t.true(readFileSync(join(out, 'http', 'vmlinuz')).equals(readFileSync(join(zstdKernel, 'bzImage'))))
   // The kernel can unpack zstd (its .config says so): the initramfs uses it.
   t.is(readFileSync(join(out, 'http', 'initramfs.img')).readUInt32LE(0), 0xfd2fb528)
@@ -126,6 +131,7 @@ test.serial('the pipeline lays out the whole tree; artifacts, manifest and log a
 })
 
 test.serial('initramfs compression follows the kernel: gzip without CONFIG_RD_ZSTD, zstd refused there', async (t) => {
+  t.timeout(60_000)
   const out = join(work, 'gzip-tree')
   const ctx = {log: RunLog.inOutput(out), verbose: false}
   await runPipeline(ctx, options(out, {kernelDir: gzipKernel}))
@@ -148,6 +154,7 @@ test.serial('a kernel directory without bzImage or headers is a usage error nami
 })
 
 test.serial('netboot build --json: flags reach the stages; the JSON on stdout is the result', async (t) => {
+  t.timeout(60_000)
   const out = join(work, 'cmd')
   const r = await runCommand([
     '--out', out, '--json', '--kernel-dir', zstdKernel,
@@ -173,5 +180,8 @@ test.serial('netboot build: bad flag values exit 2 before building anything', as
   const source = await runCommand(['--out', out, '--kernel-dir', zstdKernel, '--image-source', join(work, 'nope')])
   t.is(source.exit, 2)
   t.regex(source.stderr, /image source ".*nope" does not exist/)
-  t.false(existsSync(join(out, 'http', 'root.qcow2')))
+  const url = await runCommand(['--out', out, '--kernel-dir', zstdKernel, '--http-url', 'tftp://x'])
+  t.is(url.exit, 2)
+  t.regex(url.stderr, /--http-url "tftp:\/\/x" is not an http:\/\/ URL/)
+  t.false(existsSync(join(out, 'http')), 'nothing was built')
 })
