@@ -4,7 +4,7 @@
 // qcow2 image; the kernel log stays clean.
 import test from 'ava'
 import {execa} from 'execa'
-import {mkdir, mkdtemp, rm, writeFile} from 'node:fs/promises'
+import {mkdir, mkdtemp, readFile, rm, writeFile} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {QemuVm} from '../cli/src/lib/qemu.js'

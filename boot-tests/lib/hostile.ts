@@ -45,10 +45,10 @@ function rng(seed: number): () => number {
 async function makeBases(dir: string): Promise<Base[]> {
   await mkdir(dir, {recursive: true})
   const source = join(dir, 'source.raw')
-  const content = Buffer.alloc(2 * 1024 * 1024)
+  const content = Buffer.alloc(1024 * 1024)
   const r = rng(1)
   for (let i = 0; i < content.length; i++) content[i] = i % 3 === 0 ? Math.floor(r() * 256) : (i >> 9) & 0xff
-  content.fill(0, 512 * 1024, 768 * 1024)
+  content.fill(0, 256 * 1024, 384 * 1024)
   await writeFile(source, content)
   const bases: Base[] = []
   for (const b of BASES) {
@@ -164,18 +164,22 @@ function mutations(base: Base): Mutation[] {
 }
 
 /**
- * `count` hostile images: every systematic mutation of every base first, then random byte and
- * bit flips (metadata-heavy: most flips land in the first clusters).
+ * `count` hostile images: the systematic mutations of every base (evenly sampled down to 70 %
+ * of `count` when there are more), then random byte and bit flips (metadata-heavy: most flips
+ * land in the first clusters). `count` 0 means every systematic mutation and no flips.
  */
-export async function hostileImages(workDir: string, count: number, seed = 1): Promise<HostileImage[]> {
+export async function hostileImages(workDir: string, count: number, seed = 1, systematicToo = true): Promise<HostileImage[]> {
   const bases = await makeBases(join(workDir, 'bases'))
-  const out: HostileImage[] = []
+  const systematic: HostileImage[] = []
   for (const base of bases) {
     for (const [i, mut] of mutations(base).entries()) {
       const data = mut.apply(Buffer.from(base.data), base)
-      if (data) out.push({name: `${base.name}-m${String(i).padStart(3, '0')}`, what: mut.what, data})
+      if (data) systematic.push({name: `${base.name}-m${String(i).padStart(3, '0')}`, what: mut.what, data})
     }
   }
+  const keep = !systematicToo ? 0 : count > 0 ? Math.min(systematic.length, Math.ceil(count * 0.7)) : systematic.length
+  const out = systematic.filter((_, i) => Math.floor((i * keep) / systematic.length) !== Math.floor(((i + 1) * keep) / systematic.length))
+  if (count === 0) return out
   const r = rng(seed)
   for (let n = 0; out.length < count; n++) {
     const base = bases[n % bases.length]!
@@ -193,7 +197,7 @@ export async function hostileImages(workDir: string, count: number, seed = 1): P
         where.push(`bit@${at}`)
       }
     }
-    out.push({name: `${base.name}-r${String(n).padStart(5, '0')}`, what: `random flips ${where.join(' ')}`, data})
+    out.push({name: `${base.name}-s${seed}-r${String(n).padStart(5, '0')}`, what: `random flips ${where.join(' ')}`, data})
   }
-  return out.slice(0, Math.max(count, 0) || out.length)
+  return out
 }

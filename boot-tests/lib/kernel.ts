@@ -16,22 +16,27 @@ export interface TestKernel {
 
 const built = new Map<string, Promise<TestKernel>>()
 
-export function testKernel(version = '6.1'): Promise<TestKernel> {
-  const dir = process.env.NETBOOT_TEST_KERNEL_DIR
+/**
+ * The kernel of `version`; `variant` "debug" merges the series' config.debug (KUnit, KASAN,
+ * lockdep). NETBOOT_TEST_KERNEL_DIR (or NETBOOT_TEST_DEBUG_KERNEL_DIR) points at a prebuilt one.
+ */
+export function testKernel(version = '6.1', variant?: string): Promise<TestKernel> {
+  const dir = variant === 'debug' ? process.env.NETBOOT_TEST_DEBUG_KERNEL_DIR : process.env.NETBOOT_TEST_KERNEL_DIR
   if (dir) {
     const k = {bzImage: join(dir, 'bzImage'), headers: join(dir, 'include')}
     if (!existsSync(k.bzImage) || !existsSync(join(k.headers, 'linux', 'loop.h'))) {
-      throw new Error(`NETBOOT_TEST_KERNEL_DIR=${dir} lacks bzImage or include/linux/loop.h`)
+      throw new Error(`${dir} lacks bzImage or include/linux/loop.h`)
     }
     return Promise.resolve(k)
   }
-  let k = built.get(version)
+  const id = `${version}/${variant ?? ''}`
+  let k = built.get(id)
   if (!k) {
-    k = buildKernel(quietContext(), {kernel: version}).then((r) => {
-      if (!r.bzImage || !r.headers) throw new Error(`kernel ${version}: the build left no bzImage or headers`)
+    k = buildKernel(quietContext(), {kernel: version, variant}).then((r) => {
+      if (!r.bzImage || !r.headers) throw new Error(`kernel ${id}: the build left no bzImage or headers`)
       return {bzImage: r.bzImage, headers: r.headers}
     })
-    built.set(version, k)
+    built.set(id, k)
   }
   return k
 }

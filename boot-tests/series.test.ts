@@ -1,0 +1,51 @@
+// Every series applies to its kernel's pristine baseline, patch by patch, and passes
+// checkpatch --strict. Uses the tree that `netboot kernel prepare` extracts (cached).
+import test from 'ava'
+import {execa} from 'execa'
+import {existsSync, readdirSync, readFileSync} from 'node:fs'
+import {mkdtemp, rm} from 'node:fs/promises'
+import {tmpdir} from 'node:os'
+import {join} from 'node:path'
+import {BASE_TAG, prepareKernel, readSeries, type Series} from '../cli/src/lib/kernel.js'
+import {quietContext} from '../cli/src/lib/log.js'
+
+const PATCHES = join(import.meta.dirname, '..', 'patches')
+const versions = readdirSync(PATCHES)
+  .filter((d) => d.startsWith('linux-') && existsSync(join(PATCHES, d, 'series')))
+  .map((d) => d.slice('linux-'.length))
+  .filter((v) => !process.env.NETBOOT_TEST_KERNEL || v === process.env.NETBOOT_TEST_KERNEL)
+
+for (const version of versions) {
+  const series = (): Series => readSeries(join(PATCHES, `linux-${version}`), version)
+
+  test(`linux-${version}: the series applies to the pristine tree patch by patch`, async (t) => {
+    const {tree} = await prepareKernel(quietContext(), version)
+    // apply to a scratch index of the baseline: no checkout, the prepared tree is untouched
+    const scratch = await mkdtemp(join(tmpdir(), 'netboot-series-'))
+    const env = {...process.env, GIT_INDEX_FILE: join(scratch, 'index')}
+    try {
+      await execa('git', ['-C', tree, 'read-tree', BASE_TAG], {env})
+      for (const patch of series().patches) {
+        const r = await execa('git', ['-C', tree, 'apply', '--cached', patch.path], {env, reject: false})
+        t.is(r.exitCode, 0, `${patch.name}: ${r.stderr}`)
+      }
+    } finally {
+      await rm(scratch, {recursive: true, force: true})
+    }
+  })
+
+  test(`linux-${version}: every patch passes checkpatch --strict`, async (t) => {
+    const {tree} = await prepareKernel(quietContext(), version)
+    // Debian's python3 has the modules checkpatch's SPDX check imports
+    const env = {...process.env, PATH: `/usr/bin:${process.env.PATH ?? ''}`}
+    for (const patch of series().patches) {
+      const r = await execa('perl', [join(tree, 'scripts/checkpatch.pl'), '--strict', '--no-summary', '--terse', '--show-types', patch.path], {cwd: tree, env, reject: false})
+      const findings = r.stdout.split('\n').filter((l) => /: (ERROR|WARNING|CHECK):/.test(l))
+      // the only finding allowed is the MAINTAINERS question for a file an existing pattern
+      // covers, and the commit message must say so
+      const unexplained = findings.filter((l) => !(l.includes('FILE_PATH_CHANGES') && /MAINTAINERS/.test(readFileSync(patch.path, 'utf8').split('\n---\n')[0] ?? '')))
+      t.deepEqual(unexplained, [], `${patch.name}\n${r.stdout}\n${r.stderr}`)
+      t.notRegex(r.stderr, /Traceback/, `${patch.name}: checkpatch's helper scripts failed:\n${r.stderr}`)
+    }
+  })
+}
