@@ -38,7 +38,10 @@ guest reaches its root.`
   static override flags = {
     kernel: Flags.string({char: 'k', summary: 'Kernel: 6.1, 6.12, a tarball or a source directory (default: kernel.version, 6.1).'}),
     out: Flags.string({char: 'o', summary: 'Output directory (default: output from the config, ./out).'}),
-    compression: Flags.string({summary: 'qcow2 cluster compression of the root image.', options: ['none', 'deflate', 'zlib', 'zstd']}),
+    compression: Flags.string({
+      summary: 'qcow2 cluster compression of the root image (default zstd, or image.compression from the config file).',
+      options: ['none', 'deflate', 'zlib', 'zstd'],
+    }),
     'cluster-size': Flags.string({summary: 'qcow2 cluster size, a power of two from 512 to 2M (default 64k).'}),
     'image-source': Flags.string({summary: '"demo", a root directory, a root tarball or an existing .qcow2 image (default: image.source, demo).'}),
     'initramfs-compression': Flags.string({summary: 'Initramfs compression (default: zstd when the kernel can unpack it, else gzip).', options: ['gzip', 'zstd']}),

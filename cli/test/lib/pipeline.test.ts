@@ -143,6 +143,26 @@ test.serial('initramfs compression follows the kernel: gzip without CONFIG_RD_ZS
   })
 })
 
+test.serial('image sources: an existing qcow2 is published as it is; a directory becomes the root', async (t) => {
+  t.timeout(60_000)
+  const first = join(work, 'src-demo')
+  const ctx = (out: string) => ({log: RunLog.inOutput(out), verbose: false})
+  const demo = await runPipeline(ctx(first), options(first))
+  const fromQcow2 = join(work, 'src-qcow2')
+  const q = await runPipeline(ctx(fromQcow2), options(fromQcow2, {imageSource: demo.artifacts['http/root.qcow2']!.path, compression: 'none'}))
+  t.is(q.artifacts['http/root.qcow2']?.sha256, demo.artifacts['http/root.qcow2']?.sha256, 'the same bytes, not re-encoded')
+  t.regex(q.stages.find((s) => s.name === 'image')!.summary, /checked/)
+
+  const rootDir = join(work, 'rootdir')
+  mkdirSync(join(rootDir, 'sbin'), {recursive: true})
+  writeFileSync(join(rootDir, 'sbin', 'init'), '#!/bin/sh\necho hello\n', {mode: 0o755})
+  const fromDir = join(work, 'src-dir')
+  const d = await runPipeline(ctx(fromDir), options(fromDir, {imageSource: rootDir}))
+  t.not(d.artifacts['http/root.qcow2']?.sha256, demo.artifacts['http/root.qcow2']?.sha256)
+  const manifest = JSON.parse(readFileSync(join(fromDir, 'http', 'manifest.json'), 'utf8')) as Manifest
+  t.is(manifest.files['root.qcow2']?.sha256, d.artifacts['http/root.qcow2']?.sha256)
+})
+
 test.serial('a kernel directory without bzImage or headers is a usage error naming it', async (t) => {
   const empty = join(work, 'no-kernel')
   mkdirSync(empty, {recursive: true})
