@@ -20,7 +20,7 @@ import type {ListrTask} from 'listr2'
 
 import {formatBytes} from './cache.js'
 import {NetbootError, usageError} from './errors.js'
-import {sha256File, buildImage, checkClusterSize, classifySource, type Compression, type ImageFormat, type ImageResult} from './image.js'
+import {sha256File, buildImage, checkClusterSize, classifySource, sourceDateEpoch, type Compression, type ImageFormat, type ImageResult} from './image.js'
 import {buildInitramfs, type Compression as InitramfsCompression, type InitramfsResult} from './initramfs/index.js'
 import {buildKernel} from './kernel.js'
 import type {RunContext} from './log.js'
@@ -272,7 +272,7 @@ export const STAGES: Stage[] = [
         httpBase: state.options.httpBase,
         params: {...state.options.params, format: state.image!.format},
         kernelRelease: state.kernel!.release,
-        sourceDateEpoch: Number(process.env.SOURCE_DATE_EPOCH ?? '0') || 0,
+        sourceDateEpoch: sourceDateEpoch(),
       })
       state.tree = tree
       return {summary: `${tree.files.length} files, served from ${tree.httpBase}`, reused: false, reason: 'laid out on every build'}
