@@ -377,11 +377,12 @@ progress_line() {
 	say "download $pct% $(mib_per_s "$3" "$4") MiB/s"
 }
 
-# Runs in the background while wget writes FILE: a progress line every second
+# progress_monitor PID FILE TOTAL [START]: runs in the background while wget
+# writes FILE (START bytes of it already there): a progress line every second
 # while bytes arrive; kills wget (PID) when nothing arrived for
 # NETBOOT_STALL_TIMEOUT seconds and leaves FILE.stalled behind.
 progress_monitor() {
-	local pid=$1 file=$2 total=$3 last=0 last_cs now now_cs idle=0
+	local pid=$1 file=$2 total=$3 last=${4:-0} last_cs now now_cs idle=0
 	last_cs=$(uptime_cs)
 	while kill -0 "$pid" 2>/dev/null; do
 		sleep 1
@@ -408,7 +409,8 @@ progress_monitor() {
 # refused connections, timeouts and server errors are worth another attempt.
 classify_wget_error() {
 	local url=$1 msg code
-	msg=$(grep -m 1 'wget: ' "$2" | sed 's/^wget: //')
+	# The last message is the fatal one ("restart failed" before it is a warning).
+	msg=$(grep '^wget: ' "$2" | tail -n 1 | sed 's/^wget: //')
 	RETRY=yes
 	if [ -n "$4" ] && [ -e "$4" ]; then
 		REASON="no data for ${NETBOOT_STALL_TIMEOUT}s from $url"
@@ -422,6 +424,11 @@ classify_wget_error() {
 			case $code in 4*) RETRY=no ;; esac
 			;;
 		*'Connection refused'*) REASON="connection refused" ;;
+		*'too many redirections'*)
+			# A redirect loop stays a loop: asking again only repeats it.
+			REASON="too many redirects from $url"
+			RETRY=no
+			;;
 		*'Network is unreachable'* | *'No route to host'*) REASON="no route to the server of $url" ;;
 		*'bad address'*) REASON="cannot resolve the host of $url" ;;
 		'') REASON="wget exited with status $3 for $url" ;;
@@ -430,16 +437,39 @@ classify_wget_error() {
 	fi
 }
 
-# fetch_once URL OUT [SIZE]: one wget run. With SIZE, shows progress and checks
-# the length. Sets REASON/RETRY on failure.
+# response_framing ERRFILE: from the headers wget -S wrote to ERRFILE, prints
+# "<status> <content-length> <range start>" of the last response (the one after
+# any redirects); "-" for a header that is absent.
+response_framing() {
+	awk '
+		/^  HTTP\/[0-9.]+ [0-9][0-9][0-9]/ { status = $2; len = "-"; from = "-" }
+		tolower($1) == "content-length:" { len = $2 }
+		tolower($1) == "content-range:" { split($3, r, "-"); from = r[1] }
+		END { if (status == "") exit 1; print status, len, from }' "$1" | tr -d '\r'
+}
+
+# fetch_once URL OUT [SIZE] [RESUME]: one wget run. With SIZE, shows progress
+# and checks the length; with RESUME=yes, a partial OUT is continued with a
+# Range request (wget -c; a server that ignores Range sends the whole file,
+# which wget then writes from the start). Sets REASON/RETRY on failure.
 fetch_once() {
-	local url=$1 out=$2 size=$3 err=$2.err pid monitor rc got start_cs
-	rm -f "$out" "$err" "$out.stalled"
+	local url=$1 out=$2 size=$3 resume=$4 err=$2.err pid monitor rc got have=0 start_cs framing status len from
+	rm -f "$err" "$out.stalled"
+	[ -n "$size" ] && [ "$resume" = yes ] && have=$(file_size "$out")
+	if [ "$have" -gt 0 ] && [ "$have" -lt "$size" ]; then
+		say "resuming $url at byte $have"
+		set -- -c
+	else
+		have=0
+		rm -f "$out"
+		set --
+	fi
 	start_cs=$(uptime_cs)
 	# busybox wget -T crashes in 1.35; timeout(1) bounds the whole request instead.
-	timeout "$NETBOOT_HTTP_TIMEOUT" wget -q -O "$out" "$url" 2> "$err" &
+	# -S puts the response headers into $err, to check the framing afterwards.
+	timeout "$NETBOOT_HTTP_TIMEOUT" wget -q -S "$@" -O "$out" "$url" 2> "$err" &
 	pid=$!
-	progress_monitor "$pid" "$out" "$size" &
+	progress_monitor "$pid" "$out" "$size" "$have" &
 	monitor=$!
 	wait "$pid"
 	rc=$?
@@ -447,8 +477,24 @@ fetch_once() {
 	wait "$monitor" 2>/dev/null
 	got=$(file_size "$out")
 	if [ "$rc" -eq 0 ] && { [ -z "$size" ] || [ "$got" -eq "$size" ]; }; then
-		[ -n "$size" ] && progress_line "$got" "$size" "$got" $(($(uptime_cs) - start_cs))
+		[ -n "$size" ] && progress_line "$got" "$size" $((got - have)) $(($(uptime_cs) - start_cs))
 		return 0
+	fi
+	if [ -n "$size" ] && framing=$(response_framing "$err"); then
+		set -- $framing
+		status=$1 len=$2 from=$3
+		[ "$status" = 206 ] && is_uint "$from" || from=0
+		# The server says the image has another size than the one expected: a
+		# stale manifest or a broken server, not something a retry fixes.
+		case $status in
+		2??)
+			if is_uint "$len" && [ $((from + len)) -ne "$size" ]; then
+				REASON="server announced $((from + len)) bytes for $url, expected $size"
+				RETRY=no
+				return 1
+			fi
+			;;
+		esac
 	fi
 	if [ -n "$size" ] && [ "$got" -ne "$size" ] && { [ "$rc" -eq 0 ] || grep -q 'closed prematurely' "$err"; }; then
 		RETRY=yes
@@ -465,10 +511,11 @@ fetch_once() {
 
 # http_get URL OUT RETRIES [SIZE]: fetch_once with up to RETRIES more attempts
 # after retryable failures, waiting 1, 2, 4... (at most NETBOOT_MAX_BACKOFF)
-# seconds in between. Sets REASON on failure.
+# seconds in between; with SIZE, a retry continues a partial download. Sets
+# REASON on failure.
 http_get() {
-	local url=$1 out=$2 retries=$3 size=$4 attempt=0 delay=1
-	while ! fetch_once "$url" "$out" "$size"; do
+	local url=$1 out=$2 retries=$3 size=$4 attempt=0 delay=1 resume=no
+	while ! fetch_once "$url" "$out" "$size" "$resume"; do
 		if [ "$RETRY" = no ] || [ "$attempt" -ge "$retries" ]; then
 			rm -f "$out"
 			return 1
@@ -478,6 +525,7 @@ http_get() {
 		sleep "$delay"
 		delay=$((delay * 2))
 		[ "$delay" -gt "$NETBOOT_MAX_BACKOFF" ] && delay=$NETBOOT_MAX_BACKOFF
+		resume=yes
 	done
 	rm -f "$out.err" "$out.stalled"
 }

@@ -5,7 +5,8 @@
  * way out of the served directory. Every request gets one access log line.
  *
  * Boot tests need a misbehaving server too, so startServer() takes optional faults: refuse
- * connections for a while, cut bodies short, throttle.
+ * connections for a while, cut bodies short (closing or resetting the connection), throttle,
+ * announce a wrong Content-Length, redirect, ignore Range.
  */
 import {createReadStream} from 'node:fs'
 import {appendFile, mkdir, realpath, stat} from 'node:fs/promises'
@@ -22,6 +23,20 @@ export interface ServeFaults {
   truncateAfterBytes?: number
   /** How many responses to cut short before behaving again (default: all of them). */
   truncateCount?: number
+  /**
+   * How a body is cut: "close" ends the connection in order (the client sees EOF), "reset"
+   * aborts it with a TCP RST once the bytes before the cut have left (the client sees ECONNRESET).
+   */
+  truncateMode?: 'close' | 'reset'
+  /**
+   * Announce Content-Length as the real length plus this (negative: less), and still send the
+   * real body; the connection is closed after each such response since its framing is a lie.
+   */
+  contentLengthDelta?: number
+  /** Answer these URL paths with "302 Found" and the given Location (a loop: {"/a": "/a"}). */
+  redirects?: Record<string, string>
+  /** Ignore Range headers and do not advertise Accept-Ranges, like a server without range support. */
+  noRanges?: boolean
   /** Send bodies at about this many bytes per second. */
   throttleBytesPerSec?: number
   /** URL paths the body faults apply to, e.g. ["/root.qcow2"] (default: every file). */
@@ -185,7 +200,13 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
       res.end()
       return {status: 405, bytes: 0}
     }
-    const urlPath = (req.url ?? '/').split('?')[0]
+    const urlPath = (req.url ?? '/').split('?')[0] ?? '/'
+    const location = faults.redirects?.[urlPath]
+    if (location !== undefined) {
+      res.writeHead(302, {Location: location, 'Content-Length': 0})
+      res.end()
+      return {status: 302, bytes: 0}
+    }
     const file = await resolveUnder(root, urlPath)
     if (file === undefined) return sendText(res, method, 403, 'forbidden\n')
     let st
@@ -197,12 +218,14 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
     if (!st.isFile()) return sendText(res, method, 404, 'not found\n')
 
     const size = st.size
-    const range = parseRange(req.headers.range, size)
+    const faulty = faultApplies(urlPath)
+    const ranges = !(faulty && faults.noRanges)
+    const range = ranges ? parseRange(req.headers.range, size) : ({kind: 'none'} as const)
     const headers: Record<string, string | number> = {
       'Content-Type': contentTypeFor(file),
-      'Accept-Ranges': 'bytes',
       'Last-Modified': st.mtime.toUTCString(),
     }
+    if (ranges) headers['Accept-Ranges'] = 'bytes'
     if (range.kind === 'unsatisfiable') {
       res.writeHead(416, {...headers, 'Content-Range': `bytes */${size}`, 'Content-Length': 0})
       res.end()
@@ -213,14 +236,15 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
     const length = size === 0 ? 0 : end - start + 1
     const status = range.kind === 'range' ? 206 : 200
     if (range.kind === 'range') headers['Content-Range'] = `bytes ${start}-${end}/${size}`
-    headers['Content-Length'] = length
+    const lie = faulty ? (faults.contentLengthDelta ?? 0) : 0
+    headers['Content-Length'] = Math.max(0, length + lie)
+    if (lie !== 0) headers.Connection = 'close'
     res.writeHead(status, headers)
     if (method === 'HEAD' || length === 0) {
       res.end()
       return {status, bytes: 0}
     }
 
-    const faulty = faultApplies(urlPath)
     let limit = length
     if (
       faulty &&
@@ -231,7 +255,9 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
       if (limit < length) truncatedSoFar++
     }
     const bytes = await sendBody(res, file, start, limit, faulty ? faults.throttleBytesPerSec : undefined)
-    if (bytes < length) {
+    if (bytes < length && faults.truncateMode === 'reset') {
+      await resetAfterFlush(res)
+    } else if (bytes < length || lie !== 0) {
       // The announced length was not sent: closing the connection is how HTTP/1.1 says so.
       // End the socket (flushing what was written) rather than dropping buffered bytes.
       const socket = res.socket
@@ -315,6 +341,19 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
       await new Promise<void>((r) => server.close(() => r()))
     },
   }
+}
+
+/**
+ * Aborts the response's connection with a TCP RST, but only once what was written has left:
+ * an RST discards unsent data, and the cut must come at a known byte.
+ */
+async function resetAfterFlush(res: ServerResponse): Promise<void> {
+  const socket = res.socket
+  if (!socket || socket.destroyed) return
+  while (socket.writableLength > 0 && !socket.destroyed) await sleep(10)
+  // The kernel's send queue drains too; give the client a moment to read it before the RST.
+  await sleep(200)
+  if (!socket.destroyed) socket.resetAndDestroy()
 }
 
 function sendText(res: ServerResponse, method: string, status: number, body: string): {status: number; bytes: number} {
