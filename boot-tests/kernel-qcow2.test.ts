@@ -10,9 +10,9 @@ import {join} from 'node:path'
 import {QemuVm} from '../cli/src/lib/qemu.js'
 import {busyboxInitramfs, ext4Disk, GUEST_DIR, loopfmtBinary} from './lib/guest.js'
 import {testKernel, testLogDir} from './lib/kernel.js'
+import {testedKernels} from './matrix.js'
 import {buildImages, sha256File, VIRTUAL_SIZE, type BuiltImages} from './lib/qcow2-variants.js'
 
-const KERNEL_VERSION = process.env.NETBOOT_TEST_KERNEL ?? '6.1'
 
 interface Run {
   console: string
@@ -21,7 +21,7 @@ interface Run {
   commandLine: string
 }
 
-async function runMatrix(): Promise<Run> {
+async function runMatrix(KERNEL_VERSION: string): Promise<Run> {
   const work = await mkdtemp(join(tmpdir(), 'netboot-qcow2-matrix-'))
   const kernel = await testKernel(KERNEL_VERSION)
   const imagesDir = join(work, 'disk')
@@ -69,63 +69,66 @@ async function runMatrix(): Promise<Run> {
   }
 }
 
-let matrix: Promise<Run> | undefined
-const getRun = () => (matrix ??= runMatrix())
 
 const line = (console: string, prefix: string): string | undefined =>
   console.split('\n').map((l) => l.trim()).find((l) => l.startsWith(prefix))
 
-test('every qcow2 variant reads back exactly what qemu-img reads', async (t) => {
-  const run = await getRun()
-  t.true(run.images.good.length >= 40, `only ${run.images.good.length} variants`)
-  const wrong: string[] = []
-  for (const g of run.images.good) {
-    const name = g.file.split('/').pop()!.replace(/\.qcow2$/, '')
-    const got = line(run.console, `GOOD ${name} `)
-    const want = `GOOD ${name} fmt=qcow2 size=${VIRTUAL_SIZE} sha256=${g.sha256}`
-    if (got !== want) wrong.push(`${name}: expected "${want}", got "${got ?? '(no line)'}"`)
-  }
-  t.deepEqual(wrong, [], `reproduce with: ${run.commandLine}`)
-})
+for (const version of testedKernels()) {
+  let matrix: Promise<Run> | undefined
+  const getRun = () => (matrix ??= runMatrix(version))
 
-test('refused images get their errno and a kernel message naming the image', async (t) => {
-  const run = await getRun()
-  const wrong: string[] = []
-  for (const r of run.images.refused) {
-    const got = line(run.console, `REFUSED ${r.name} `)
-    const ok = got?.startsWith(`REFUSED ${r.name} rc=${r.exitCode} kmsg=`) && got.includes(`${r.name}.qcow2: `) && got.includes(r.message)
-    if (!ok) wrong.push(`${r.name}: expected rc=${r.exitCode} (${r.errno}) and "${r.message}", got "${got ?? '(no line)'}"`)
-  }
-  t.deepEqual(wrong, [])
-})
+  test(`linux-${version}: every qcow2 variant reads back exactly what qemu-img reads`, async (t) => {
+    const run = await getRun()
+    t.true(run.images.good.length >= 40, `only ${run.images.good.length} variants`)
+    const wrong: string[] = []
+    for (const g of run.images.good) {
+      const name = g.file.split('/').pop()!.replace(/\.qcow2$/, '')
+      const got = line(run.console, `GOOD ${name} `)
+      const want = `GOOD ${name} fmt=qcow2 size=${VIRTUAL_SIZE} sha256=${g.sha256}`
+      if (got !== want) wrong.push(`${name}: expected "${want}", got "${got ?? '(no line)'}"`)
+    }
+    t.deepEqual(wrong, [], `reproduce with: ${run.commandLine}`)
+  })
 
-test('raw loop devices behave as before, through LOOP_CONFIGURE and LOOP_SET_FD', async (t) => {
-  const run = await getRun()
-  t.is(line(run.console, 'RAW-FMT'), 'RAW-FMT raw')
-  t.is(line(run.console, 'RAW-FILE'), `RAW-FILE ${run.rawFileSha}`)
-  t.is(line(run.console, 'SETFD-FILE'), `SETFD-FILE ${run.rawFileSha} fmt=raw`)
-  t.is(line(run.console, 'SETFD-WRITE'), 'SETFD-WRITE ok')
-  t.is(line(run.console, 'EDGE raw-via-configure'), 'EDGE raw-via-configure errno=0')
-})
+  test(`linux-${version}: refused images get their errno and a kernel message naming the image`, async (t) => {
+    const run = await getRun()
+    const wrong: string[] = []
+    for (const r of run.images.refused) {
+      const got = line(run.console, `REFUSED ${r.name} `)
+      const ok = got?.startsWith(`REFUSED ${r.name} rc=${r.exitCode} kmsg=`) && got.includes(`${r.name}.qcow2: `) && got.includes(r.message)
+      if (!ok) wrong.push(`${r.name}: expected rc=${r.exitCode} (${r.errno}) and "${r.message}", got "${got ?? '(no line)'}"`)
+    }
+    t.deepEqual(wrong, [])
+  })
 
-test('the uAPI keeps struct loop_config\'s size and checks the format', async (t) => {
-  const run = await getRun()
-  t.is(line(run.console, 'EDGE sizeof-loop_config'), 'EDGE sizeof-loop_config=304')
-  t.is(line(run.console, 'EDGE unknown-format'), 'EDGE unknown-format errno=EINVAL')
-})
+  test(`linux-${version}: raw loop devices behave as before, through LOOP_CONFIGURE and LOOP_SET_FD`, async (t) => {
+    const run = await getRun()
+    t.is(line(run.console, 'RAW-FMT'), 'RAW-FMT raw')
+    t.is(line(run.console, 'RAW-FILE'), `RAW-FILE ${run.rawFileSha}`)
+    t.is(line(run.console, 'SETFD-FILE'), `SETFD-FILE ${run.rawFileSha} fmt=raw`)
+    t.is(line(run.console, 'SETFD-WRITE'), 'SETFD-WRITE ok')
+    t.is(line(run.console, 'EDGE raw-via-configure'), 'EDGE raw-via-configure errno=0')
+  })
 
-test('a qcow2 image is never written: read-write attach gets EROFS, writes and discards fail', async (t) => {
-  const run = await getRun()
-  t.is(line(run.console, 'EDGE qcow2-read-write'), 'EDGE qcow2-read-write errno=EROFS')
-  t.is(line(run.console, 'EDGE qcow2-rw-fd-read-only-flag'), 'EDGE qcow2-rw-fd-read-only-flag errno=0')
-  t.is(line(run.console, 'RO-FLAG'), 'RO-FLAG 1')
-  t.regex(line(run.console, 'WRITE ') ?? '', /^WRITE rc=[1-9]/)
-  t.regex(line(run.console, 'DISCARD') ?? '', /^DISCARD rc=[1-9]/)
-  t.is(line(run.console, 'IMAGE-UNCHANGED'), 'IMAGE-UNCHANGED yes')
-})
+  test(`linux-${version}: the uAPI keeps struct loop_config's size and checks the format`, async (t) => {
+    const run = await getRun()
+    t.is(line(run.console, 'EDGE sizeof-loop_config'), 'EDGE sizeof-loop_config=304')
+    t.is(line(run.console, 'EDGE unknown-format'), 'EDGE unknown-format errno=EINVAL')
+  })
 
-test('the kernel log has no BUG, Oops, WARNING or KASAN report', async (t) => {
-  const run = await getRun()
-  t.is(line(run.console, 'DMESG-'), 'DMESG-CLEAN')
-  t.notRegex(run.console, /\bBUG:|Oops|WARNING:|KASAN|Call Trace/)
-})
+  test(`linux-${version}: a qcow2 image is never written: read-write attach gets EROFS, writes and discards fail`, async (t) => {
+    const run = await getRun()
+    t.is(line(run.console, 'EDGE qcow2-read-write'), 'EDGE qcow2-read-write errno=EROFS')
+    t.is(line(run.console, 'EDGE qcow2-rw-fd-read-only-flag'), 'EDGE qcow2-rw-fd-read-only-flag errno=0')
+    t.is(line(run.console, 'RO-FLAG'), 'RO-FLAG 1')
+    t.regex(line(run.console, 'WRITE ') ?? '', /^WRITE rc=[1-9]/)
+    t.regex(line(run.console, 'DISCARD') ?? '', /^DISCARD rc=[1-9]/)
+    t.is(line(run.console, 'IMAGE-UNCHANGED'), 'IMAGE-UNCHANGED yes')
+  })
+
+  test(`linux-${version}: the kernel log has no BUG, Oops, WARNING or KASAN report`, async (t) => {
+    const run = await getRun()
+    t.is(line(run.console, 'DMESG-'), 'DMESG-CLEAN')
+    t.notRegex(run.console, /\bBUG:|Oops|WARNING:|KASAN|Call Trace/)
+  })
+}
