@@ -1,5 +1,6 @@
-// The boot matrix, one definition for `npm test`, `npm run test:matrix` and the GitHub
-// workflow (which reads it through `node boot-tests/matrix-cli.ts kernels`).
+// The boot matrix, one definition for the boot tests; .github/workflows/boot-matrix.yml runs
+// one job per kernel of KERNELS with NETBOOT_TEST_KERNEL set (keep the two lists equal: the
+// series test fails when a patches/linux-* series is missing from KERNELS).
 export const KERNELS = ['6.1', '6.12'] as const
 export type KernelVersion = (typeof KERNELS)[number]
 

@@ -8,12 +8,18 @@ import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {BASE_TAG, prepareKernel, readSeries, type Series} from '../cli/src/lib/kernel.js'
 import {quietContext} from '../cli/src/lib/log.js'
+import {KERNELS} from './matrix.js'
 
 const PATCHES = join(import.meta.dirname, '..', 'patches')
 const versions = readdirSync(PATCHES)
   .filter((d) => d.startsWith('linux-') && existsSync(join(PATCHES, d, 'series')))
   .map((d) => d.slice('linux-'.length))
   .filter((v) => !process.env.NETBOOT_TEST_KERNEL || v === process.env.NETBOOT_TEST_KERNEL)
+
+test('every kernel series is in the boot matrix', (t) => {
+  const all = readdirSync(PATCHES).filter((d) => d.startsWith('linux-') && existsSync(join(PATCHES, d, 'series')))
+  t.deepEqual(all.map((d) => d.slice('linux-'.length)).sort(), [...KERNELS].sort())
+})
 
 for (const version of versions) {
   const series = (): Series => readSeries(join(PATCHES, `linux-${version}`), version)
