@@ -6,8 +6,8 @@
 //   NETBOOT_TEST_KERNEL_DIR  prebuilt kernel (bzImage + include/), as for the boot tests;
 //                            else BENCH_KERNELS (default 6.1) are built/reused via the cache
 //   BENCH_MIB=256            size of the image (the ext4 file system)
-//   BENCH_REPEAT=3           repetitions of every workload (the median is reported)
-//   BENCH_RAND_COUNT=4096    4 KiB reads per reader in the random workloads
+//   BENCH_REPEAT=5           repetitions of every workload (the median is reported)
+//   BENCH_RAND_COUNT=16384   4 KiB reads per reader in the random workloads
 //   BENCH_HOST_NBD=1         also read the qcow2 through a qemu-nbd on the host (0: skip)
 //   BENCH_BOOT=1             boot phases and build times through the CLI pipeline (0: skip)
 //   BENCH_WORK               work directory (default a fresh one under the OS temp dir)
@@ -32,8 +32,8 @@ const BENCH_DIR = import.meta.dirname
 const env = (name: string, dflt: number) => (process.env[name] === undefined ? dflt : Number(process.env[name]))
 
 const SIZE_MIB = env('BENCH_MIB', 256)
-const REPEAT = env('BENCH_REPEAT', 3)
-const RAND_COUNT = env('BENCH_RAND_COUNT', 4096)
+const REPEAT = env('BENCH_REPEAT', 5)
+const RAND_COUNT = env('BENCH_RAND_COUNT', 16384)
 const HOST_NBD = env('BENCH_HOST_NBD', 1) === 1
 const BOOT = env('BENCH_BOOT', 1) === 1
 const SEED = 42
