@@ -18,6 +18,7 @@ import {checkQcow2File} from '../cli/src/lib/qcow2-header.js'
 import {cleanConsole, formatPhases, parseRootMarker, type BootResult} from '../cli/src/lib/qemu.js'
 import {buildTree, keepConsole, kernelFlags, runCommand} from './lib/build.js'
 import {demoRootMarkers, withVm} from './lib/vm.js'
+import {KERNELS, testedKernels} from './matrix.js'
 
 const work = await mkdtemp(join(tmpdir(), 'netboot-e2e-'))
 test.after.always(() => rm(work, {recursive: true, force: true}))
@@ -146,6 +147,32 @@ for (const compression of ['deflate', 'none'] as const) {
       })
     } finally {
       await keepConsole(`netboot-e2e-${compression}`, {text: consoleText})
+    }
+    assertDemoRoot(t, consoleText, manifest)
+  })
+}
+
+// The other kernels of the boot matrix: `netboot build --kernel <version>` end to end (its own
+// kernel build, cached), PXE-booted to the demo root. The kernel under test above is the first.
+const primary = process.env.NETBOOT_TEST_KERNEL ?? KERNELS[0]
+for (const version of process.env.NETBOOT_TEST_KERNEL_DIR ? [] : testedKernels().filter((v) => v !== primary)) {
+  test.serial(`linux-${version}: netboot build --kernel ${version} PXE-boots to the demo root`, async (t) => {
+    const out = join(work, `linux-${version}`)
+    const build = await runCommand<BuildCommandResult>(Build, ['--out', out, '--json', '--kernel', version])
+    t.is(build.exit, 0, build.stderr)
+    const manifest = await manifestOf(out)
+    t.true(manifest.kernel.release?.startsWith(version), `kernel release ${manifest.kernel.release}`)
+    let consoleText = ''
+    try {
+      await withVm({tree: out}, async (vm) => {
+        try {
+          await vm.expect(demoRootMarkers())
+        } finally {
+          consoleText = vm.console
+        }
+      })
+    } finally {
+      await keepConsole(`netboot-e2e-linux-${version}`, {text: consoleText})
     }
     assertDemoRoot(t, consoleText, manifest)
   })
