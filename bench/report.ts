@@ -19,13 +19,20 @@ const f2 = (x: number | undefined) => (x === undefined ? '–' : x.toFixed(2))
 const mib = (b: number | undefined) => (b === undefined ? '–' : `${(b / MiB).toFixed(1)} MiB`)
 const pct = (x: number) => `${x >= 0 ? '+' : ''}${(x * 100).toFixed(1)} %`
 
-function kernelTables(k: KernelRun, cfg: Results['config']): string[] {
+function loadText(load: number[] | undefined, hostCpus: string): string {
+  if (!load?.length) return 'not sampled'
+  const s = [...load].sort((a, b) => a - b)
+  const busy = s[s.length - 1] > 1.5 ? ` (above 1.5 on this ${hostCpus}-CPU host: other work competed with the guest, so single numbers are noisy; the ratios come from interleaved runs)` : ''
+  return `min ${s[0].toFixed(2)}, median ${s[s.length >> 1].toFixed(2)}, max ${s[s.length - 1].toFixed(2)}${busy}`
+}
+
+function kernelTables(k: KernelRun, cfg: Results['config'], hostCpus: string): string[] {
   const out: string[] = []
   const ws = cfg.workloads
   const targets = Object.keys(k.stats ?? {})
   out.push(`### Read throughput — kernel ${k.name}`, '')
   out.push(`Guest: Linux ${k.guest.kernel ?? '?'}, ${k.guest.cpus} vCPUs, ${Math.round(k.guest.memTotalKiB / 1024)} MiB, TCG; ${k.runs.length} runs in ${(k.wallMs / 1000).toFixed(0)} s. ` +
-    `Median of ${cfg.repeat} repetitions (min–max in MiB/s); random workloads: ${cfg.randCount} reads per reader, seed ${cfg.seed}.`, '')
+    `Host load average (1 min) during the run: ${loadText(k.hostLoad, hostCpus)}. Median of ${cfg.repeat} repetitions (min–max in MiB/s); random workloads: ${cfg.randCount} reads per reader, seed ${cfg.seed}.`, '')
   out.push(`| target | ${ws.map((w) => `${w} MiB/s (min–max)`).join(' | ')} | ${ws.map((w) => `${w} vs raw`).join(' | ')} |`)
   out.push(`|---|${ws.map(() => '--:').join('|')}|${ws.map(() => '--:').join('|')}|`)
   for (const t of targets) {
@@ -37,9 +44,15 @@ function kernelTables(k: KernelRun, cfg: Results['config']): string[] {
   out.push('')
   const rand = targets.filter((t) => k.stats![t].rand1)
   if (rand.length) {
-    out.push('Random 4 KiB reads as IOPS (median):', '')
-    out.push('| target | rand1 IOPS | rand4 IOPS |', '|---|--:|--:|')
-    for (const t of rand) out.push(`| ${t} | ${Math.round(k.stats![t].rand1?.iops ?? 0)} | ${Math.round(k.stats![t].rand4?.iops ?? 0)} |`)
+    // per-request cost: what a target adds to every 4 KiB read on top of the raw loop device
+    const us = (iops?: number) => (iops ? 1e6 / iops : undefined)
+    const rawUs = us(k.stats!.raw?.rand1?.iops)
+    out.push('Random 4 KiB reads as IOPS (median), and the time per read of one reader:', '')
+    out.push('| target | rand1 IOPS | rand4 IOPS | µs per read (rand1) | µs added to each read vs raw |', '|---|--:|--:|--:|--:|')
+    for (const t of rand) {
+      const u = us(k.stats![t].rand1?.iops)
+      out.push(`| ${t} | ${Math.round(k.stats![t].rand1?.iops ?? 0)} | ${Math.round(k.stats![t].rand4?.iops ?? 0)} | ${f2(u)} | ${u !== undefined && rawUs !== undefined ? f2(u - rawUs) : '–'} |`)
+    }
     out.push('')
   }
   if (Object.keys(k.vsNbd ?? {}).length) {
@@ -78,7 +91,7 @@ export function markdown(r: Results, chart?: string): string {
     'Every image is copied into tmpfs in the guest before it is attached; the page cache is dropped before each run.', '')
   if (chart) out.push(`![read throughput relative to the raw loop device](${chart})`, '')
   if (r.targets?.length) out.push(...targetTable(r.targets))
-  for (const k of r.kernels) out.push(...kernelTables(k, r.config))
+  for (const k of r.kernels) out.push(...kernelTables(k, r.config, r.host.cpus))
 
   out.push('## Sizes', '', '| artifact | bytes | MiB |', '|---|--:|--:|')
   for (const k of r.kernels) out.push(`| bzImage (${k.name}) | ${k.bzImageBytes} | ${(k.bzImageBytes / MiB).toFixed(2)} |`)
@@ -91,6 +104,17 @@ export function markdown(r: Results, chart?: string): string {
   if (r.squashfsZstdBytes) out.push(`| squashfs, zstd, of the same tree (mksquashfs) | ${r.squashfsZstdBytes} | ${(r.squashfsZstdBytes / MiB).toFixed(1)} |`)
   out.push('')
 
+  if (r.decomp) {
+    out.push('## Decompression of 64 KiB clusters outside the kernel (bench/decomp.c)', '')
+    if (typeof r.decomp === 'string') out.push(r.decomp, '')
+    else {
+      out.push('The raw image cut into 64 KiB clusters, each compressed as qemu-img does (zstd level 3; raw deflate, 4 KiB window), decompressed in user space: ' +
+        'natively, and under qemu-x86_64 (the same TCG code generator as the guest, without the system emulation).', '')
+      out.push('| where | algorithm | clusters | MiB/s | µs per cluster |', '|---|---|--:|--:|--:|')
+      for (const [where, lines] of Object.entries(r.decomp)) for (const l of lines) out.push(`| ${where} | ${l.algo} | ${l.clusters} | ${l.mibps.toFixed(1)} | ${l.usPerCluster.toFixed(1)} |`)
+      out.push('')
+    }
+  }
   const p = r.pipeline
   if (p?.boots.length) {
     out.push('## Boot phases (`netboot boot --check`, PXE over user networking, TCG)', '')

@@ -44,6 +44,8 @@ export interface KernelRun {
   bzImageBytes: number
   command: string
   wallMs: number
+  /** 1-minute load averages of the host, sampled every 15 s while the guest ran. */
+  hostLoad?: number[]
   guest: {kernel?: string; cpus: number; memTotalKiB: number}
   targets: TargetLine[]
   runs: RunLine[]
@@ -98,6 +100,8 @@ export interface Results {
   virtualBytes: number
   squashfsZstdBytes?: number
   kernels: KernelRun[]
+  /** bench-decomp natively and under user-mode TCG, or why it did not run. */
+  decomp?: Record<string, Array<{algo: string; clusters: number; mibps: number; usPerCluster: number}>> | string
   pipeline?: PipelineBench
   targets?: TargetCheck[]
   notMeasured?: string[]

@@ -12,6 +12,7 @@
 //   BENCH_BOOT=1             boot phases and build times through the CLI pipeline (0: skip)
 //   BENCH_WORK               work directory (default a fresh one under the OS temp dir)
 import {execa} from 'execa'
+import {readFileSync} from 'node:fs'
 import {mkdir, mkdtemp, readFile, rm, stat, writeFile} from 'node:fs/promises'
 import {createServer} from 'node:net'
 import {tmpdir} from 'node:os'
@@ -69,6 +70,39 @@ async function qemuNbdArchive(): Promise<Buffer> {
   return gzipSync(archive.encode())
 }
 
+export interface DecompLine {
+  algo: string
+  clusters: number
+  mibps: number
+  usPerCluster: number
+}
+
+/**
+ * bench-decomp on the raw image, natively and under qemu-x86_64 (user-mode TCG): how fast
+ * zstd and deflate decompress 64 KiB clusters outside the kernel, to tell emulator cost from
+ * kernel cost in the guest's numbers. Needs libzstd-dev and qemu-user; skipped without.
+ */
+async function decompCheck(work: string, rawImage: string): Promise<Record<string, DecompLine[]> | string> {
+  const bin = join(work, 'bench-decomp')
+  try {
+    await execa('gcc', ['-static', '-O2', '-Wall', '-Wextra', '-o', bin, join(BENCH_DIR, 'decomp.c'), '-lzstd', '-lz'])
+  } catch {
+    return 'bench-decomp not built (apt-get install libzstd-dev)'
+  }
+  const parse = (out: string) =>
+    out.trim().split('\n').map((l) => {
+      const f = fields(l)
+      return {algo: f.algo, clusters: Number(f.clusters), mibps: Number(f.mibps), usPerCluster: Number(f.us_per_cluster)}
+    })
+  const out: Record<string, DecompLine[]> = {native: parse((await execa(bin, [rawImage])).stdout)}
+  try {
+    out['qemu-x86_64 TCG'] = parse((await execa('qemu-x86_64', ['-cpu', 'qemu64', bin, rawImage])).stdout)
+  } catch {
+    // qemu-user missing: the native numbers alone
+  }
+  return out
+}
+
 async function freePort(): Promise<number> {
   return new Promise((res, rej) => {
     const srv = createServer()
@@ -89,7 +123,8 @@ function fields(line: string): Record<string, string> {
 
 function parseConsole(text: string): Pick<KernelRun, 'guest' | 'targets' | 'runs' | 'memory' | 'errors' | 'dmesg'> {
   const lines = text.split('\n').map((l) => l.trim())
-  const start = fields(lines.find((l) => l.startsWith('BENCH-START ')) ?? '')
+  // the first guest line shares its console line with the firmware's last words
+  const start = fields(/BENCH-START (.*)/.exec(text)?.[1] ?? '')
   const targets: TargetLine[] = []
   const runs: RunLine[] = []
   const memory: MemLine[] = []
@@ -138,15 +173,20 @@ async function benchKernel(name: string, kernel: TestKernel, work: string, disk:
   })
   log(`kernel ${name}: guest started, console in ${consoleLog}`)
   const t0 = Date.now()
+  // other work on the host (another QEMU) slows a TCG guest: the 1-minute load average while
+  // the guest runs says whether this run had the host to itself
+  const load: number[] = []
   try {
     const failOn = [/Kernel panic/, /BENCH-FATAL.*/]
     await vm.waitFor('BENCH-START', {timeoutMs: 180_000, failOn})
+    load.push(Number(readFileSync('/proc/loadavg', 'utf8').split(' ')[0]))
     let seen = 0
     const progress = setInterval(() => {
+      load.push(Number(readFileSync('/proc/loadavg', 'utf8').split(' ')[0]))
       const n = (vm.console.match(/^BENCH rep=/gm) ?? []).length
       if (n !== seen) log(`kernel ${name}: ${n} runs done (${Math.round((Date.now() - t0) / 1000)} s)`)
       seen = n
-    }, 30_000)
+    }, 15_000)
     try {
       await vm.waitFor('BENCH-DONE', {timeoutMs: 3 * 3600_000, failOn})
     } finally {
@@ -157,7 +197,7 @@ async function benchKernel(name: string, kernel: TestKernel, work: string, disk:
     await vm.kill()
   }
   const parsed = parseConsole(vm.console)
-  return {name, bzImage: kernel.bzImage, bzImageBytes: (await stat(kernel.bzImage)).size, command: vm.commandLine, wallMs: Date.now() - t0, ...parsed}
+  return {name, bzImage: kernel.bzImage, bzImageBytes: (await stat(kernel.bzImage)).size, command: vm.commandLine, wallMs: Date.now() - t0, hostLoad: load, ...parsed}
 }
 
 async function main(): Promise<void> {
@@ -198,6 +238,7 @@ async function main(): Promise<void> {
   const disk = join(work, 'disk.ext4')
   await ext4Disk(diskDir, disk)
 
+  const decomp = await decompCheck(work, imageSet.images[0].file)
   const kernels: KernelRun[] = []
   try {
     const kdir = process.env.NETBOOT_TEST_KERNEL_DIR
@@ -219,6 +260,7 @@ async function main(): Promise<void> {
     virtualBytes: imageSet.virtualBytes,
     squashfsZstdBytes: imageSet.squashfsZstdBytes,
     kernels,
+    decomp,
     pipeline: BOOT ? await (await import('./pipeline.js')).pipelineBench(work, treeDir, SIZE_MIB, log) : undefined,
   })
   const written = await writeReport(results, join(BENCH_DIR, 'results'))
