@@ -29,6 +29,7 @@ import {
   rename,
   rm,
   stat,
+  statfs,
   symlink,
   writeFile,
 } from 'node:fs/promises'
@@ -40,6 +41,7 @@ import * as tar from 'tar-stream'
 import {PACKAGE_ROOT} from './config.js'
 import {NetbootError, usageError} from './errors.js'
 import {run} from './exec.js'
+import {removeOnInterrupt} from './interrupt.js'
 import type {RunContext} from './log.js'
 import {checkQcow2File, describeQcow2, looksLikeQcow2, type Qcow2Header} from './qcow2-header.js'
 
@@ -457,6 +459,19 @@ export function uuidFrom(digest: string, purpose: string): string {
 // ---------------------------------------------------------------------------------------------
 // mkfs, debugfs, qemu-img
 
+/** Whether `err` (ours, a tool's or Node's) comes from a full disk. */
+function isNoSpace(err: unknown): boolean {
+  return (err as NodeJS.ErrnoException | undefined)?.code === 'ENOSPC' || (err instanceof Error && /No space left on device/.test(err.message))
+}
+
+/** One message for a full disk under the output, whichever step (staging, mkfs, qemu-img) hit it. */
+function noSpaceError(out: string, cause: unknown): NetbootError {
+  return new NetbootError(`no space left on device writing ${out}`, {
+    cause,
+    suggestions: [`free some space in ${dirname(out)}, or write elsewhere with --out (or "output" in netboot.config.json)`],
+  })
+}
+
 async function makeExt4(ctx: RunContext, staged: Staged, tree: TreeSummary, file: string, epoch: number, sizeMiB?: number): Promise<number> {
   let size = sizeMiB ? sizeMiB * MiB : ext4SizeFor(tree.blockBytes, tree.entries.length)
   const env = {...process.env, E2FSPROGS_FAKE_TIME: fakeClock(epoch)}
@@ -479,6 +494,11 @@ async function makeExt4(ctx: RunContext, staged: Staged, tree: TreeSummary, file
     ]
     const r = await run(ctx, 'mkfs.ext4', args, {env, allowFailure: true})
     if (r.exitCode === 0) break
+    // "No space left on device" also means a too small image; only a full disk is not fixed by growing it.
+    if (/No space left on device/.test(r.all)) {
+      const fs = await statfs(dirname(file))
+      if (fs.bavail * fs.bsize < size) throw Object.assign(new Error(`mkfs.ext4: ${lastLines(r.all, 1)}`), {code: 'ENOSPC'})
+    }
     const full = /no space|could not allocate|not enough space|No free space/i.test(r.all)
     if (!full || sizeMiB || attempt >= 3) {
       throw new NetbootError(`mkfs.ext4 failed for ${staged.dir} (${size / MiB} MiB): ${lastLines(r.all, 3)}`, {
@@ -563,8 +583,17 @@ export async function buildImage(ctx: RunContext, opts: ImageOptions): Promise<I
     ctx.log.write(`${opts.source}: ${describeQcow2(header)}; the kernel driver accepts it`)
     const tmp = `${out}.tmp-${process.pid}`
     if (resolve(opts.source) !== out) {
-      await copyFile(opts.source, tmp)
-      await rename(tmp, out)
+      const forget = removeOnInterrupt(tmp)
+      try {
+        await copyFile(opts.source, tmp)
+        await rename(tmp, out)
+      } catch (err) {
+        // A full disk must not leave a partial copy next to the output.
+        await rm(tmp, {force: true})
+        throw isNoSpace(err) ? noSpaceError(out, err) : err
+      } finally {
+        forget()
+      }
     }
     return {
       path: out,
@@ -581,6 +610,8 @@ export async function buildImage(ctx: RunContext, opts: ImageOptions): Promise<I
   }
 
   const work = await mkdtemp(join(dirname(out), `.${basename(out)}.tmp-`))
+  // Ctrl-C while mkfs.ext4 or qemu-img write a large image: remove the staging directory too.
+  const forgetWork = removeOnInterrupt(work)
   try {
     const root = join(work, 'root')
     await mkdir(root)
@@ -624,8 +655,11 @@ export async function buildImage(ctx: RunContext, opts: ImageOptions): Promise<I
       header,
       description: `ext4 ${virtualSize / MiB} MiB (${tree.entries.length} inodes) as ${what}`,
     }
+  } catch (err) {
+    throw isNoSpace(err) ? noSpaceError(out, err) : err
   } finally {
     await rm(work, {recursive: true, force: true})
+    forgetWork()
   }
 }
 
