@@ -4,7 +4,7 @@ import {resolve} from 'node:path'
 
 import {cacheRoot} from './lib/cache.js'
 import {loadConfig, type NetbootConfig} from './lib/config.js'
-import {NetbootError} from './lib/errors.js'
+import {fileSystemError, NetbootError} from './lib/errors.js'
 import {RunLog, type RunContext} from './lib/log.js'
 
 export type BaseFlags<T extends typeof Command> = Interfaces.InferredFlags<(typeof BaseCommand)['baseFlags'] & T['flags']>
@@ -115,7 +115,10 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
     if (!this.jsonEnabled()) this.log(message)
   }
 
-  protected override async catch(err: Error & {exitCode?: number}): Promise<unknown> {
+  protected override async catch(thrown: Error & {exitCode?: number}): Promise<unknown> {
+    // A full disk or a read-only output directory is the user's to fix, not a crash: one line.
+    const out = (this.flags as {out?: string} | undefined)?.out ?? this.settings?.output
+    const err = fileSystemError(thrown, out === undefined ? undefined : resolve(out)) ?? thrown
     if (err instanceof NetbootError) {
       if (this.jsonEnabled()) {
         process.exitCode = err.exit
