@@ -104,6 +104,9 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
       silentRendererCondition: () => json,
       exitOnError: true,
       collectErrors: false,
+      // listr2's own Ctrl-C handler exits at once with 127 ("command not found"), before the
+      // interrupted step can remove what it was writing (lib/interrupt.ts) and exit with 130.
+      registerSignalListeners: false,
       // BaseCommand.catch prints the error once; the task line only marks which step failed.
       rendererOptions: {collapseErrors: false, showErrorMessage: false},
     })
