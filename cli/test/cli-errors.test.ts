@@ -39,13 +39,17 @@ interface CliRun {
  * Ctrl-C does), in a scratch directory (its run log lands there), with its own cache.
  * `whileRunning` gets the pid and may signal it.
  */
-function netboot(id: string, args: string[], opts: {whileRunning?: (pid: number) => Promise<void>; cwd?: string} = {}): Promise<CliRun> {
+function netboot(
+  id: string,
+  args: string[],
+  opts: {whileRunning?: (pid: number) => Promise<void>; cwd?: string; env?: Record<string, string>} = {},
+): Promise<CliRun> {
   const cwd = opts.cwd ?? mkdtempSync(join(work, 'cwd-'))
   return new Promise((done, fail) => {
     const child = spawn(process.execPath, ['--import', TSX, MAIN, id, ...args], {
       cwd,
       detached: true,
-      env: {...process.env, NETBOOT_CACHE: join(work, 'cache'), NO_COLOR: '1'},
+      env: {...process.env, NETBOOT_CACHE: join(work, 'cache'), NO_COLOR: '1', ...opts.env},
       stdio: ['ignore', 'pipe', 'pipe'],
     })
     let stdout = ''
@@ -301,4 +305,93 @@ test.serial('Ctrl-C during `netboot image` of a big directory: exit 130, no part
   t.is(again.code, 0, again.stderr)
   t.deepEqual(readdirSync(out), ['root.qcow2'])
   execFileSync('qemu-img', ['check', '-q', target])
+})
+
+// A stand-in `make` for the targets `netboot kernel build` runs, so that a "kernel build" takes
+// no compiler time; with $NETBOOT_TEST_STALL set, bzImage hangs after its first object, as a long
+// build does, and says so in that file.
+const STAND_IN_MAKE = `#!/bin/bash
+set -e
+tree= out= hdr= target= next=
+for a in "$@"; do
+  case "$a" in
+    -C) next=tree ;;
+    O=*) out=\${a#O=} ;;
+    INSTALL_HDR_PATH=*) hdr=\${a#INSTALL_HDR_PATH=} ;;
+    tinyconfig|olddefconfig|bzImage|headers_install) target=$a ;;
+    *) if [ "$next" = tree ]; then tree=$a; next=; fi ;;
+  esac
+done
+case "$target" in
+  tinyconfig) printf 'CONFIG_64BIT=y\\n' > "$out/.config" ;;
+  olddefconfig) sort -u "$out/.config" -o "$out/.config" ;;
+  bzImage)
+    echo "  CC      init/main.o"
+    if [ -n "$NETBOOT_TEST_STALL" ]; then echo "$$" > "$NETBOOT_TEST_STALL"; sleep 60; fi
+    mkdir -p "$out/arch/x86/boot"; echo "bzImage" > "$out/arch/x86/boot/bzImage" ;;
+  headers_install) mkdir -p "$hdr/include/linux"; echo "/* loop */" > "$hdr/include/linux/loop.h" ;;
+esac
+`
+
+test.serial('Ctrl-C during `netboot kernel build`: nothing cached; the next run takes the lock over and finishes', async (t) => {
+  const root = scratch('kbuild')
+  const bin = join(root, 'bin')
+  const tree = join(root, 'linux-6.1')
+  const series = join(root, 'series')
+  mkdirSync(bin)
+  mkdirSync(join(tree, 'scripts/kconfig'), {recursive: true})
+  mkdirSync(series)
+  writeFileSync(join(bin, 'make'), STAND_IN_MAKE, {mode: 0o755})
+  writeFileSync(join(tree, 'Makefile'), 'VERSION = 6\nPATCHLEVEL = 1\nSUBLEVEL = 192\n')
+  writeFileSync(join(tree, 'Kconfig'), 'config 64BIT\nconfig BLK_DEV_LOOP\n')
+  // merge_config.sh -m -O <dir> <base> <fragment>: the fragment's lines win.
+  writeFileSync(join(tree, 'scripts/kconfig/merge_config.sh'), '#!/bin/sh\ncat "$4" "$5" > "$3/.config.m" && mv "$3/.config.m" "$3/.config"\n', {mode: 0o755})
+  writeFileSync(
+    join(series, '0001-loop-add-a-file.patch'),
+    [
+      'From 0000000000000000000000000000000000000000 Mon Sep 17 00:00:00 2001',
+      'From: T <t@t>',
+      'Date: Thu, 1 Jan 1970 00:00:00 +0000',
+      'Subject: [PATCH] loop: add a file',
+      '',
+      '---',
+      'diff --git a/drivers/block/loop_fmt.c b/drivers/block/loop_fmt.c',
+      'new file mode 100644',
+      '--- /dev/null',
+      '+++ b/drivers/block/loop_fmt.c',
+      '@@ -0,0 +1 @@',
+      '+int fmt;',
+      '-- ',
+      '2.39.5',
+      '',
+    ].join('\n'),
+  )
+  writeFileSync(join(series, 'series'), '0001-loop-add-a-file.patch\n')
+  writeFileSync(join(series, 'config'), 'CONFIG_BLK_DEV_LOOP=y\n')
+
+  const cache = join(root, 'cache')
+  const env = {PATH: `${bin}:${process.env.PATH}`, NETBOOT_CACHE: cache}
+  const stall = join(root, 'stalled')
+  const args = ['--kernel', tree, '--series', series, '-j', '1']
+  const first = await netboot('kernel:build', args, {
+    env: {...env, NETBOOT_TEST_STALL: stall},
+    async whileRunning(pid) {
+      const t0 = Date.now()
+      while (!existsSync(stall) && Date.now() - t0 < 60_000) await new Promise((r) => setTimeout(r, 50))
+      process.kill(-pid, 'SIGINT')
+    },
+  })
+  // Killed by the signal, or 130 after cleaning up; not listr2's 127.
+  t.true(first.code === 130 || first.signal === 'SIGINT', `ended by the interrupt: ${first.code}/${first.signal}\n${first.stderr}`)
+  t.false(existsSync(join(cache, 'kernel')) && readdirSync(join(cache, 'kernel')).length > 0, 'no kernel in the cache')
+  const locks = readdirSync(join(cache, 'src'), {recursive: true}).map(String).filter((p) => p.endsWith('build.lock'))
+  t.is(locks.length, 1, 'the interrupted build still holds its lock')
+
+  const second = await netboot('kernel:build', args, {env})
+  t.is(second.code, 0, second.stderr)
+  const kernels = readdirSync(join(cache, 'kernel'))
+  t.is(kernels.length, 1)
+  t.is(readFileSync(join(cache, 'kernel', kernels[0]!, 'bzImage'), 'utf8'), 'bzImage\n')
+  t.is(git(tree, 'log', '--format=%s', 'netboot-base..HEAD').trim(), 'loop: add a file', 'the series applied once')
+  t.false(existsSync(join(cache, 'src', locks[0]!)), 'the lock of the dead build was taken over and released')
 })
