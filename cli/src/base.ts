@@ -1,5 +1,5 @@
 import {Command, Errors, Flags, Interfaces} from '@oclif/core'
-import {Listr, type ListrTask} from 'listr2'
+import {Listr, ListrLogger, type ListrTask} from 'listr2'
 import {resolve} from 'node:path'
 
 import {cacheRoot} from './lib/cache.js'
@@ -109,6 +109,9 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
       registerSignalListeners: false,
       // BaseCommand.catch prints the error once; the task line only marks which step failed.
       rendererOptions: {collapseErrors: false, showErrorMessage: false},
+      // The plain renderer writes a failed step ("✖ <title> [FAILED: <message>]") to stderr, which
+      // would say the error twice there: keep its lines on stdout with the rest of the progress.
+      fallbackRendererOptions: {logger: new ListrLogger({useIcons: true, toStderr: []})},
     })
     return listr.run()
   }
