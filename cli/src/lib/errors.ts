@@ -6,6 +6,7 @@
  * Exit codes: 0 ok, 1 failure (a tool, the network, the kernel build failed), 2 usage or bad
  * input (unknown flag, bad config key, a path that does not exist).
  */
+import {statSync} from 'node:fs'
 import {dirname, sep} from 'node:path'
 
 export type ExitCode = 1 | 2
@@ -46,6 +47,16 @@ export function messageOf(err: unknown): string {
   return err instanceof Error ? err.message : String(err)
 }
 
+/** `path` itself when it is a directory (an output directory), else the directory holding it. */
+function directoryOf(path: string): string {
+  try {
+    if (statSync(path).isDirectory()) return path
+  } catch {
+    // Not there (yet): the file that was being written.
+  }
+  return dirname(path)
+}
+
 const WRITE_ERRORS: Record<string, string> = {
   EROFS: 'read-only file system',
   EACCES: 'permission denied',
@@ -68,7 +79,7 @@ export function fileSystemError(err: unknown, output?: string): NetbootError | u
   if (e.code === 'ENOSPC' || e.code === 'EDQUOT') {
     return new NetbootError(`no space left on device writing${where || ' the output'} (${e.code})`, {
       cause: err,
-      suggestions: [`free some space${path === undefined ? '' : ` in ${dirname(path)}`}, or write elsewhere with --out (or "output" in netboot.config.json)`],
+      suggestions: [`free some space${path === undefined ? '' : ` in ${directoryOf(path)}`}, or write elsewhere with --out (or "output" in netboot.config.json)`],
     })
   }
   const reason = WRITE_ERRORS[e.code]

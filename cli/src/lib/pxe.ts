@@ -15,6 +15,7 @@ import {join, resolve} from 'node:path'
 
 import {usageError} from './errors.js'
 import {sha256File} from './image.js'
+import {removeOnInterrupt} from './interrupt.js'
 import {looksLikeQcow2} from './qcow2-header.js'
 
 /** Where QEMU's user networking puts the host, seen from the guest. */
@@ -141,7 +142,9 @@ inc netboot-try
 echo netboot: iPXE attempt \${netboot-try} loading \${netboot-base}/${KERNEL_FILE}
 # Chainloaded from a PXE ROM or run by QEMU's iPXE, the network is already up.
 isset \${ip} || dhcp || goto retry
-kernel \${netboot-base}/${KERNEL_FILE} ${opts.cmdline} || goto retry
+# initrd=: under UEFI the kernel's EFI stub loads the initramfs itself, by this name, from the
+# files iPXE downloaded; under BIOS iPXE hands it over and the kernel ignores the parameter.
+kernel \${netboot-base}/${KERNEL_FILE} initrd=${INITRAMFS_FILE} ${opts.cmdline} || goto retry
 initrd \${netboot-base}/${INITRAMFS_FILE} || goto retry
 echo netboot: iPXE booting the kernel
 boot || goto retry
@@ -240,8 +243,17 @@ export async function layoutPxeTree(opts: PxeOptions): Promise<PxeTree> {
     const dst = join(httpDir, name)
     if (resolve(src) !== dst) {
       const tmp = `${dst}.tmp-${process.pid}`
-      await copyFile(src, tmp)
-      await rename(tmp, dst)
+      // Ctrl-C while a large image is copied must not leave the partial copy in http/.
+      const forget = removeOnInterrupt(tmp)
+      try {
+        await copyFile(src, tmp)
+        await rename(tmp, dst)
+      } catch (err) {
+        await rm(tmp, {force: true})
+        throw err
+      } finally {
+        forget()
+      }
     }
     written.push(`http/${name}`)
     return {sha256: await sha256File(dst), size: (await stat(dst)).size}
@@ -278,7 +290,8 @@ export async function layoutPxeTree(opts: PxeOptions): Promise<PxeTree> {
     }
   }
 
-  const net = labNetwork(opts.network, tftpDir, httpDir)
+  const given = Object.fromEntries(Object.entries(opts.network ?? {}).filter(([, v]) => v !== undefined))
+  const net = labNetwork({...(opts.httpBase ? networkFromHttpBase(opts.httpBase) : {}), ...given}, tftpDir, httpDir)
   await writeAtomic(join(pxeDir, 'dnsmasq.conf'), dnsmasqConfig({...net, mode: 'full'}))
   await writeAtomic(join(pxeDir, 'dnsmasq-proxy.conf'), dnsmasqConfig({...net, mode: 'proxy'}))
   await writeAtomic(join(pxeDir, 'nginx.conf'), nginxConfig({root: httpDir, listen: net.httpPort, serverName: net.serverAddress}))
@@ -329,6 +342,34 @@ export function labNetwork(n: Partial<LabNetwork> = {}, tftpRoot: string, httpRo
     httpPort: n.httpPort ?? 80,
     tftpRoot: n.tftpRoot ?? tftpRoot,
     httpRoot: n.httpRoot ?? httpRoot,
+  }
+}
+
+/**
+ * The lab network implied by the HTTP base URL clients use: when its host is an IPv4 address,
+ * that is the boot server's address on the lab network, so the DHCP pool (.50-.150 of its /24),
+ * the proxy-DHCP subnet and the HTTP port follow from it. `netboot build --http-url
+ * http://10.1.2.3:8080` thus writes dnsmasq/nginx configs for 10.1.2.0/24 without further flags.
+ * A host name implies nothing (the defaults stay).
+ */
+export function networkFromHttpBase(httpBase: string): Partial<LabNetwork> {
+  let url: URL
+  try {
+    url = new URL(httpBase)
+  } catch {
+    return {}
+  }
+  const octets = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(url.hostname)?.slice(1).map(Number)
+  const port = url.port ? Number(url.port) : url.protocol === 'https:' ? 443 : 80
+  if (!octets || octets.some((o) => o > 255)) return {httpPort: port}
+  const net = octets.slice(0, 3).join('.')
+  // The pool must not hold the server's own address.
+  const [first, last] = octets[3] >= 50 && octets[3] <= 150 ? [160, 250] : [50, 150]
+  return {
+    serverAddress: octets.join('.'),
+    dhcpRange: `${net}.${first},${net}.${last},255.255.255.0,1h`,
+    proxySubnet: `${net}.0`,
+    httpPort: port,
   }
 }
 
