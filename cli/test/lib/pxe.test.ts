@@ -11,6 +11,7 @@ import {
   ipxeScript,
   labNetwork,
   layoutPxeTree,
+  networkFromHttpBase,
   nginxConfig,
   rewriteBootScript,
   splitExtraCmdline,
@@ -63,7 +64,7 @@ test('iPXE script: fetches over HTTP with retries and markers', (t) => {
   t.true(s.startsWith('#!ipxe\n'))
   t.true(s.includes('set netboot-base http://10.0.2.2:1234\n'))
   t.true(s.includes('isset ${ip} || dhcp || goto retry\n'))
-  t.true(s.includes('kernel ${netboot-base}/vmlinuz console=ttyS0 netboot.url=http://10.0.2.2:1234/root.qcow2 || goto retry\n'))
+  t.true(s.includes('kernel ${netboot-base}/vmlinuz initrd=initramfs.img console=ttyS0 netboot.url=http://10.0.2.2:1234/root.qcow2 || goto retry\n'))
   t.true(s.includes('initrd ${netboot-base}/initramfs.img || goto retry\n'))
   t.true(s.includes('iseq ${netboot-try} 5 && goto failed ||\n'))
   t.true(s.includes('echo netboot: iPXE failed:'))
@@ -102,7 +103,7 @@ test('layout: tree, manifest with sha256 and sizes, configs; boot script rewrite
     t.is(entry.size, bytes.length, name)
   }
   t.is(tree.cmdline, 'console=ttyS0 panic=-1 netboot.url=http://10.0.2.2:8080/root.qcow2 netboot.manifest=http://10.0.2.2:8080/manifest.json netboot.format=qcow2 netboot.onfail=poweroff')
-  t.true(readFileSync(tree.bootScript, 'utf8').includes(`kernel \${netboot-base}/vmlinuz ${tree.cmdline} || goto retry`))
+  t.true(readFileSync(tree.bootScript, 'utf8').includes(`kernel \${netboot-base}/vmlinuz initrd=initramfs.img ${tree.cmdline} || goto retry`))
 
   const cmdline = await rewriteBootScript(tree, 'http://10.0.2.2:40123', {onfail: 'poweroff', demo: 'poweroff'})
   t.true(cmdline.includes('netboot.manifest=http://10.0.2.2:40123/manifest.json'))
@@ -118,6 +119,19 @@ test('layout: tree, manifest with sha256 and sizes, configs; boot script rewrite
   t.is(rawTree.manifest.format, 'raw')
   t.false(existsSync(join(out, 'http/root.qcow2')))
   t.regex(rawTree.cmdline, /netboot.format=raw/)
+})
+
+test('lab network from --http-url: server address, DHCP pool of its /24 (without the server), proxy subnet, port', (t) => {
+  t.deepEqual(networkFromHttpBase('http://10.77.0.1:8080'), {
+    serverAddress: '10.77.0.1',
+    dhcpRange: '10.77.0.50,10.77.0.150,255.255.255.0,1h',
+    proxySubnet: '10.77.0.0',
+    httpPort: 8080,
+  })
+  t.is(networkFromHttpBase('http://192.168.1.100/netboot').dhcpRange, '192.168.1.160,192.168.1.250,255.255.255.0,1h')
+  t.is(networkFromHttpBase('http://192.168.1.100/netboot').httpPort, 80)
+  t.deepEqual(networkFromHttpBase('http://boot.lab.example:8000/'), {httpPort: 8000})
+  t.deepEqual(networkFromHttpBase('http://10.1.2.300/'), {}, 'not an address, not a host name')
 })
 
 test('dnsmasq configs: chainload, fast-DHCP options, and dnsmasq accepts them', (t) => {
