@@ -135,7 +135,13 @@ test.serial('no DHCP answer: retried, then "network failed: no DHCP lease on eth
   // without a DHCP server.
   const qemuArgs = ['-set', 'netdev.n0.type=hubport', '-set', 'netdev.n0.hubid=0']
   await boot('no-dhcp', {qemuArgs}, async (vm) => {
-    await vm.expect([failureMarker('network', 'no DHCP lease on eth0 after 2 attempts', 120)])
+    const [started, failed] = await vm.expect([
+      {name: 'init started', match: /netboot: init started on \S+/, timeoutSec: 60},
+      failureMarker('network', 'no DHCP lease on eth0 after 2 attempts', 120),
+    ])
+    // udhcpc -t 2 -T 3: two discovers 3 s apart, then it gives up; not at once.
+    const waitedMs = failed!.atMs - started!.atMs
+    t.true(waitedMs >= 5000, `gave up after ${waitedMs} ms of asking`)
     const lines = await assertFailed(t, vm, 'netboot: network failed: no DHCP lease on eth0 after 2 attempts')
     t.false(lines.some((l) => l.startsWith('netboot: network up')))
     t.deepEqual(vm.server.requests, [], 'nothing was requested')
