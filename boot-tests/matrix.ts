@@ -11,3 +11,27 @@ export function testedKernels(env: NodeJS.ProcessEnv = process.env): string[] {
   if (!(KERNELS as readonly string[]).includes(only)) throw new Error(`NETBOOT_TEST_KERNEL=${only} is not one of ${KERNELS.join(', ')}`)
   return [only]
 }
+
+/** Root image variants: how the image of a cell is made (netboot build options). */
+export interface RootVariant {
+  name: string
+  format: 'qcow2' | 'raw'
+  compression: 'none' | 'deflate' | 'zstd'
+  clusterSize?: number
+  /** Converted with qemu-img to extended L2 entries after the build. */
+  extendedL2?: boolean
+}
+
+export const ROOTS: RootVariant[] = [
+  {name: 'raw', format: 'raw', compression: 'none'},
+  {name: 'qcow2-64k', format: 'qcow2', compression: 'none', clusterSize: 65536},
+  {name: 'qcow2-2m', format: 'qcow2', compression: 'none', clusterSize: 2097152},
+  {name: 'qcow2-deflate', format: 'qcow2', compression: 'deflate'},
+  {name: 'qcow2-zstd', format: 'qcow2', compression: 'zstd'},
+  {name: 'qcow2-extl2', format: 'qcow2', compression: 'none', clusterSize: 65536, extendedL2: true},
+]
+
+export const NICS = ['virtio', 'e1000'] as const
+
+/** Failure cases: the tests of these files, run per kernel. */
+export const FAILURE_FILES = ['boot-tests/netboot-failures.test.ts', 'boot-tests/netboot-network.test.ts']
