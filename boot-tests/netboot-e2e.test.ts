@@ -3,7 +3,7 @@
 // the host loopback as 10.0.2.2), and the guest comes up on a writable overlay whose lower
 // layer is the downloaded image attached through the qcow2 loop format. Then the same with a
 // deflate-compressed and an uncompressed image (same kernel and initramfs, from the cache).
-import test, {type ExecutionContext} from 'ava'
+import test from 'ava'
 import {execa} from 'execa'
 import {existsSync} from 'node:fs'
 import {mkdtemp, readFile, rm} from 'node:fs/promises'
@@ -15,9 +15,9 @@ import Build, {type BuildCommandResult} from '../cli/src/commands/build.js'
 import {sha256File} from '../cli/src/lib/image.js'
 import type {Manifest} from '../cli/src/lib/pxe.js'
 import {checkQcow2File} from '../cli/src/lib/qcow2-header.js'
-import {cleanConsole, formatPhases, parseRootMarker, type BootResult} from '../cli/src/lib/qemu.js'
+import {formatPhases, type BootResult} from '../cli/src/lib/qemu.js'
 import {buildTree, keepConsole, kernelFlags, runCommand} from './lib/build.js'
-import {demoRootMarkers, withVm} from './lib/vm.js'
+import {assertDemoRoot, demoRootMarkers, withVm} from './lib/vm.js'
 import {KERNELS, testedKernels} from './matrix.js'
 
 const work = await mkdtemp(join(tmpdir(), 'netboot-e2e-'))
@@ -45,45 +45,6 @@ async function extents(image: string): Promise<{data: number; compressed: number
   const map = JSON.parse(stdout) as Array<{data: boolean; offset?: number}>
   const data = map.filter((e) => e.data)
   return {data: data.length, compressed: data.filter((e) => e.offset === undefined).length}
-}
-
-/**
- * The console of a boot that reached the demo root, checked line by line in order: the image
- * verified with the manifest's sha256, attached as qcow2 (format from sysfs), mounted, an
- * overlay on top, the demo root's data checksums OK, and its marker naming the same loop
- * device with format=qcow2, overlay=yes, write=ok.
- */
-function assertDemoRoot(t: ExecutionContext, consoleText: string, manifest: Manifest): void {
-  const text = cleanConsole(consoleText)
-  const lines = text.split('\n').map((l) => l.trimEnd())
-  const at = (re: RegExp) => lines.findIndex((l) => re.test(l))
-  const imageSha = manifest.files[manifest.image]!.sha256
-
-  t.deepEqual(lines.filter((l) => / failed: /.test(l) && l.startsWith('netboot: ')), [], 'no failure lines')
-  const verified = at(new RegExp(`^netboot: verified sha256 ${imageSha}$`))
-  const attachedAt = at(/^netboot: attached root\.qcow2 as \/dev\/loop\d+ format=qcow2$/)
-  t.true(verified >= 0, 'verified the manifest sha256')
-  t.true(attachedAt > verified, 'attached after verifying')
-  const loop = /as (\/dev\/loop\d+) /.exec(lines[attachedAt] ?? '')?.[1]
-  const mounted = lines.indexOf(`netboot: mounted ${loop} on /newroot/lower type ext4`)
-  const overlay = lines.indexOf('netboot: overlay on /newroot: ext4 image below, tmpfs above')
-  const switching = lines.indexOf('netboot: switching root')
-  const dataOk = lines.indexOf('NETBOOT-DATA-OK')
-  const markerAt = at(/^NETBOOT-ROOT-OK /)
-  t.true(mounted > attachedAt, 'mounted the loop device')
-  t.true(overlay > mounted, 'overlay over it')
-  t.true(switching > overlay, 'switched root')
-  t.true(dataOk > switching, 'the demo root checked its files: NETBOOT-DATA-OK')
-  t.false(lines.includes('NETBOOT-DATA-BAD'))
-  t.true(markerAt > dataOk, 'root marker')
-
-  const facts = parseRootMarker(lines[markerAt] ?? '')
-  t.truthy(facts)
-  t.is(facts?.root, loop, 'the root is the attached loop device')
-  t.is(facts?.format, 'qcow2', 'sysfs says the loop device uses the qcow2 format')
-  t.is(facts?.overlay, 'yes')
-  t.is(facts?.write, 'ok', 'a file written to / reads back')
-  if (manifest.kernel.release) t.is(facts?.kernel, manifest.kernel.release)
 }
 
 test.serial('netboot build on defaults, then netboot boot --check PXE-boots it to the demo root', async (t) => {

@@ -12,6 +12,7 @@
  *   NETBOOT_QEMU           QEMU binary (default qemu-system-x86_64)
  *   NETBOOT_KEEP_CONSOLE   directory to keep every console log in (default: a temp dir, removed)
  */
+import type {ExecutionContext} from 'ava'
 import {cp, mkdir, mkdtemp, readFile, rm, writeFile} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import {join, resolve} from 'node:path'
@@ -19,6 +20,7 @@ import {join, resolve} from 'node:path'
 import {BOOT_SCRIPT, ipxeScript, MANIFEST_FILE, qemuHttpBase, type CmdlineParams, type Manifest} from '../../cli/src/lib/pxe.js'
 import {
   bootCmdline,
+  cleanConsole,
   ConsoleTimeoutError,
   FATAL_LINES,
   parseRootMarker,
@@ -133,7 +135,6 @@ export async function bootVm(cfg: VmConfig = {}): Promise<BootedVm> {
   }
 
   const running = vm
-  const scale = timeoutScale()
   let closed = false
   return {
     vm: running,
@@ -143,21 +144,11 @@ export async function bootVm(cfg: VmConfig = {}): Promise<BootedVm> {
       return running.console
     },
     phases: () => phaseTimings(running.console, (o) => running.timeAt(o)),
-    async expect(markers: Marker[]): Promise<Match[]> {
-      const matches: Match[] = []
-      for (const m of markers) {
-        try {
-          matches.push(await running.waitFor(m.match, {name: m.name, timeoutMs: m.timeoutSec * 1000 * scale, failOn: m.failOn ?? FATAL_LINES}))
-        } catch (err) {
-          if (err instanceof ConsoleTimeoutError) {
-            const requests = server.requests.slice(-10).map((r) => `  ${r.method} ${r.path} -> ${r.status} (${r.bytes} bytes)`)
-            err.message = [err.message, 'HTTP requests (last 10):', ...(requests.length > 0 ? requests : ['  (none)'])].join('\n')
-          }
-          throw err
-        }
-      }
-      return matches
-    },
+    expect: (markers: Marker[]) =>
+      expectMarkers(running, markers, () => {
+        const requests = server.requests.slice(-10).map((r) => `  ${r.method} ${r.path} -> ${r.status} (${r.bytes} bytes)`)
+        return ['HTTP requests (last 10):', ...(requests.length > 0 ? requests : ['  (none)'])]
+      }),
     async close() {
       if (closed) return
       closed = true
@@ -166,6 +157,25 @@ export async function bootVm(cfg: VmConfig = {}): Promise<BootedVm> {
       await rm(work, {recursive: true, force: true})
     },
   }
+}
+
+/**
+ * Checks `markers` in order on a running VM's console (continuing after earlier calls), each
+ * with its own timeout. A failure names the marker, the QEMU command line and the console tail,
+ * plus the lines `context` gives (what the servers saw).
+ */
+export async function expectMarkers(vm: QemuVm, markers: Marker[], context?: () => string[]): Promise<Match[]> {
+  const scale = timeoutScale()
+  const matches: Match[] = []
+  for (const m of markers) {
+    try {
+      matches.push(await vm.waitFor(m.match, {name: m.name, timeoutMs: m.timeoutSec * 1000 * scale, failOn: m.failOn ?? FATAL_LINES}))
+    } catch (err) {
+      if (err instanceof ConsoleTimeoutError && context) err.message = [err.message, ...context()].join('\n')
+      throw err
+    }
+  }
+  return matches
 }
 
 /** Boots, runs `fn`, and always kills QEMU and stops the server, whatever `fn` does. */
@@ -195,6 +205,45 @@ export function demoRootMarkers(opts: {pxe?: boolean; format?: 'qcow2' | 'raw'} 
     {name: 'demo data check', match: /NETBOOT-DATA-(OK|BAD)/, timeoutSec: 60},
     {name: 'root marker', match: /NETBOOT-ROOT-OK root=\S+ format=\S+ overlay=\S+ write=\S+ kernel=\S+/, timeoutSec: 30},
   ]
+}
+
+/**
+ * The console of a boot that reached the demo root, checked line by line in order: the image
+ * verified with the manifest's sha256, attached as qcow2 (format from sysfs), mounted, an
+ * overlay on top, the demo root's data checksums OK, and its marker naming the same loop
+ * device with format=qcow2, overlay=yes, write=ok.
+ */
+export function assertDemoRoot(t: ExecutionContext, consoleText: string, manifest: Manifest): void {
+  const text = cleanConsole(consoleText)
+  const lines = text.split('\n').map((l) => l.trimEnd())
+  const at = (re: RegExp) => lines.findIndex((l) => re.test(l))
+  const imageSha = manifest.files[manifest.image]!.sha256
+
+  t.deepEqual(lines.filter((l) => / failed: /.test(l) && l.startsWith('netboot: ')), [], 'no failure lines')
+  const verified = at(new RegExp(`^netboot: verified sha256 ${imageSha}$`))
+  const attachedAt = at(/^netboot: attached root\.qcow2 as \/dev\/loop\d+ format=qcow2$/)
+  t.true(verified >= 0, 'verified the manifest sha256')
+  t.true(attachedAt > verified, 'attached after verifying')
+  const loop = /as (\/dev\/loop\d+) /.exec(lines[attachedAt] ?? '')?.[1]
+  const mounted = lines.indexOf(`netboot: mounted ${loop} on /newroot/lower type ext4`)
+  const overlay = lines.indexOf('netboot: overlay on /newroot: ext4 image below, tmpfs above')
+  const switching = lines.indexOf('netboot: switching root')
+  const dataOk = lines.indexOf('NETBOOT-DATA-OK')
+  const markerAt = at(/^NETBOOT-ROOT-OK /)
+  t.true(mounted > attachedAt, 'mounted the loop device')
+  t.true(overlay > mounted, 'overlay over it')
+  t.true(switching > overlay, 'switched root')
+  t.true(dataOk > switching, 'the demo root checked its files: NETBOOT-DATA-OK')
+  t.false(lines.includes('NETBOOT-DATA-BAD'))
+  t.true(markerAt > dataOk, 'root marker')
+
+  const facts = parseRootMarker(lines[markerAt] ?? '')
+  t.truthy(facts)
+  t.is(facts?.root, loop, 'the root is the attached loop device')
+  t.is(facts?.format, 'qcow2', 'sysfs says the loop device uses the qcow2 format')
+  t.is(facts?.overlay, 'yes')
+  t.is(facts?.write, 'ok', 'a file written to / reads back')
+  if (manifest.kernel.release) t.is(facts?.kernel, manifest.kernel.release)
 }
 
 /** A failure of /init: the exact contract line "netboot: <step> failed: <reason>". */

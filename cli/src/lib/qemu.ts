@@ -42,6 +42,20 @@ export interface QemuOptions {
   firmware?: Firmware
   /** PXE boot from QEMU's NIC ROM, with the TFTP root and boot file of user networking. */
   pxe?: {tftpDir: string; bootfile?: string}
+  /**
+   * Put the NIC on this existing tap device instead of user networking, and PXE-boot from it
+   * (DHCP and TFTP then come from a real server on the tap's network, e.g. dnsmasq on a bridge).
+   */
+  tap?: string
+  /** Run QEMU inside this network namespace (`ip netns exec`), where the tap device lives. */
+  netns?: string
+  /** The NIC's MAC address (clients on one network need different ones). */
+  mac?: string
+  /**
+   * The NIC's option ROM: false for none, so that the firmware's own PXE client boots (OVMF's
+   * UEFI PXE, which then chainloads iPXE from the TFTP server); default QEMU's iPXE ROM.
+   */
+  nicRom?: false | string
   /** Direct boot instead of PXE. */
   kernel?: string
   initrd?: string
@@ -66,21 +80,35 @@ export function qemuArgs(opts: QemuOptions): string[] {
     args.push('-bios', OVMF)
   }
   let netdev = 'user,id=n0'
-  if (opts.pxe) {
+  if (opts.tap) {
+    if (opts.pxe) throw new NetbootError('QEMU: a tap NIC gets its boot file from the network\'s own DHCP/TFTP server, not from pxe.tftpDir')
+    if (!/^[\w.-]{1,15}$/.test(opts.tap)) throw new NetbootError(`bad tap device name "${opts.tap}"`)
+    // script=no: the caller has already attached the tap to its bridge.
+    netdev = `tap,id=n0,ifname=${opts.tap},script=no,downscript=no`
+  } else if (opts.pxe) {
     if (/[,\s]/.test(opts.pxe.tftpDir)) {
       throw new NetbootError(`TFTP directory "${opts.pxe.tftpDir}" contains a comma or space, which QEMU's -netdev cannot take`)
     }
     netdev += `,tftp=${opts.pxe.tftpDir},bootfile=${opts.pxe.bootfile ?? BOOT_SCRIPT}`
   }
-  args.push('-netdev', netdev, '-device', `${opts.nic === 'e1000' ? 'e1000' : 'virtio-net-pci'},netdev=n0`)
+  let device = `${opts.nic === 'e1000' ? 'e1000' : 'virtio-net-pci'},netdev=n0`
+  if (opts.mac !== undefined) {
+    if (!/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/i.test(opts.mac)) throw new NetbootError(`bad MAC address "${opts.mac}"`)
+    device += `,mac=${opts.mac}`
+  }
+  if (opts.nicRom !== undefined) {
+    if (opts.nicRom !== false && /[,\s]/.test(opts.nicRom)) throw new NetbootError(`NIC ROM path "${opts.nicRom}" contains a comma or space`)
+    device += `,romfile=${opts.nicRom === false ? '' : opts.nicRom}`
+  }
+  args.push('-netdev', netdev, '-device', device)
   if (opts.kernel) {
     args.push('-kernel', opts.kernel)
     if (opts.initrd) args.push('-initrd', opts.initrd)
     if (opts.append) args.push('-append', opts.append)
-  } else if (opts.pxe) {
+  } else if (opts.pxe || opts.tap) {
     args.push('-boot', 'n')
   } else {
-    throw new NetbootError('QEMU needs either a kernel (direct boot) or a TFTP directory (PXE boot)')
+    throw new NetbootError('QEMU needs either a kernel (direct boot), a TFTP directory or a tap device (PXE boot)')
   }
   return [...args, ...(opts.extraArgs ?? [])]
 }
@@ -200,7 +228,9 @@ export class QemuVm {
   static async start(opts: QemuOptions): Promise<QemuVm> {
     if (opts.consoleLog) await mkdir(dirname(opts.consoleLog), {recursive: true})
     const qemu = opts.qemu ?? process.env.NETBOOT_QEMU ?? 'qemu-system-x86_64'
-    return new QemuVm([qemu, ...qemuArgs(opts)], opts)
+    // `ip netns exec` execs QEMU in place: the child (its pid, its signals) is QEMU itself.
+    const prefix = opts.netns ? ['ip', 'netns', 'exec', opts.netns] : []
+    return new QemuVm([...prefix, qemu, ...qemuArgs(opts)], opts)
   }
 
   /** The command line, quoted for a shell: printed so that a failure can be reproduced. */

@@ -60,6 +60,23 @@ test('QEMU command lines: PXE and direct boot, NIC choice', (t) => {
   t.throws(() => qemuArgs({pxe: {tftpDir: '/a,b'}}), {message: /comma or space/})
 })
 
+test('QEMU command lines: a tap NIC on a real network, its MAC, no option ROM (firmware PXE)', (t) => {
+  t.deepEqual(qemuArgs({tap: 'tap1', mac: '52:54:00:77:00:11', nicRom: false}).slice(6), [
+    '-netdev', 'tap,id=n0,ifname=tap1,script=no,downscript=no', '-device', 'virtio-net-pci,netdev=n0,mac=52:54:00:77:00:11,romfile=', '-boot', 'n',
+  ])
+  t.deepEqual(qemuArgs({tap: 'tap0', nic: 'e1000', nicRom: '/r/pxe.rom'}).slice(8, 10), ['-device', 'e1000,netdev=n0,romfile=/r/pxe.rom'])
+  t.throws(() => qemuArgs({tap: 'tap0', pxe: {tftpDir: '/t'}}), {message: /not from pxe.tftpDir/})
+  t.throws(() => qemuArgs({tap: 'tap0,script=/x'}), {message: /bad tap device name/})
+  t.throws(() => qemuArgs({tap: 'tap0', mac: '52:54:00:77:00'}), {message: /bad MAC address/})
+})
+
+test('QEMU in a network namespace runs as `ip netns exec <ns> qemu ...`', async (t) => {
+  const vm = await QemuVm.start({qemu: '/usr/bin/qemu-x', netns: 'lab0', tap: 'tap0'})
+  t.deepEqual(vm.argv.slice(0, 5), ['ip', 'netns', 'exec', 'lab0', '/usr/bin/qemu-x'])
+  t.regex(vm.commandLine, /^ip netns exec lab0 \/usr\/bin\/qemu-x /)
+  await vm.kill()
+})
+
 test('ordered markers, each timed; the console is cleaned and logged raw', async (t) => {
   const vm = await QemuVm.start(opts(BOOT))
   t.teardown(() => vm.kill())
