@@ -132,6 +132,19 @@ async function labBoot(
   t.false((await namespaces()).includes(net.name), 'namespace removed')
 }
 
+/** Whether `pid` is gone within 3 s (a child that was just killed may wait a moment to be reaped). */
+async function gone(pid: number): Promise<boolean> {
+  for (let i = 0; i < 30; i++) {
+    try {
+      process.kill(pid, 0)
+    } catch {
+      return true
+    }
+    await new Promise((r) => setTimeout(r, 100))
+  }
+  return false
+}
+
 /** The address each console's /init got ("netboot: network up: eth0 10.77.0.63"). */
 function clientAddress(consoleText: string): string | undefined {
   return /netboot: network up: \S+ (\d+\.\d+\.\d+\.\d+)/.exec(consoleText)?.[1]
@@ -194,7 +207,7 @@ test.serial('two clients booting at once from the same servers both reach their 
   )
 })
 
-test.serial('proxy DHCP: a plain DHCP server gives the address, dnsmasq with the generated proxy config the boot information', async (t) => {
+test.serial('proxy DHCP: a plain DHCP server gives the addresses, dnsmasq with the generated proxy config the boot information (BIOS + UEFI client at once)', async (t) => {
   if (!requireHost(t)) return
   // The "existing" DHCP server of the lab: addresses and a router, nothing about PXE. Like a
   // real LAN's router it also advertises IPv6, which keeps iPXE from waiting for one.
@@ -205,19 +218,19 @@ test.serial('proxy DHCP: a plain DHCP server gives the address, dnsmasq with the
   )
   await labBoot(
     t,
-    [{name: 'proxy-bios'}],
+    [{name: 'proxy-bios'}, {name: 'proxy-uefi', firmware: 'uefi'}],
     async (net) => [
       await startDnsmasq(net, {name: 'plain-dhcp', conf: plainConf, workDir: work}),
       await startDnsmasq(net, {name: 'dnsmasq-proxy', conf: join(out, 'pxe', 'dnsmasq-proxy.conf'), workDir: work}),
     ],
     ({dnsmasq, consoles}) => {
       const [plain, proxy] = dnsmasq as [Daemon, Daemon]
-      const addr = clientAddress(consoles[0]!)
-      t.regex(addr ?? '', /^10\.77\.0\.1[0-2]\d$/, 'the address is from the plain DHCP server\'s pool')
+      for (const c of consoles) t.regex(clientAddress(c) ?? '', /^10\.77\.0\.1[0-2]\d$/, 'the address is from the plain DHCP server\'s pool')
       t.true(plain.lines(/DHCPACK/).length > 0, 'the plain server acknowledged leases')
       t.deepEqual(proxy.lines(/DHCPACK|DHCPOFFER\(br0\) 10/), [], 'the proxy handed out no address')
+      t.true(proxy.lines(/sent .*\/snponly\.efi to 10\.77\.0\./).length > 0, 'the proxy chainloaded the UEFI client into iPXE')
       t.true(proxy.lines(/PXE\(br0\) .*boot\.ipxe/).length > 0, 'the proxy pointed iPXE at boot.ipxe')
-      t.true(proxy.lines(/sent .*boot\.ipxe to 10\.77\.0\./).length > 0, 'and served it by TFTP')
+      t.is(proxy.lines(/sent .*boot\.ipxe to 10\.77\.0\./).length, 2, 'and served it to both clients by TFTP')
     },
   )
 })
@@ -237,4 +250,27 @@ test.serial('UEFI client (OVMF PXE -> snponly.efi -> boot.ipxe) boots the same t
       t.regex(consoles[0]!, /EFI stub: Loaded initrd/, 'the kernel booted through its EFI stub with the initramfs')
     },
   )
+})
+
+test.serial('a failing test leaves nothing behind: servers, VMs, taps, bridge and namespace are gone', async (t) => {
+  if (!requireHost(t)) return
+  await tree()
+  const net = await LabNet.create({address: `${SERVER}/24`, taps: 2})
+  const pids: number[] = []
+  await t.throwsAsync(async () => {
+    try {
+      pids.push((await startDnsmasq(net, {name: 'dnsmasq-teardown', conf: join(out, 'pxe', 'dnsmasq.conf'), workDir: work})).pid!)
+      pids.push((await startServe(net, {dir: join(out, 'http'), bind: SERVER, port: HTTP_PORT})).daemon.pid!)
+      // A VM that is still booting when the test fails: destroy() must find it in the namespace.
+      const vm = await QemuVm.start({netns: net.name, tap: net.taps[1], mac: '52:54:00:77:00:20'})
+      await vm.waitFor(/iPXE/, {timeoutMs: 60_000})
+      pids.push(...(await net.exec('ip', ['netns', 'pids', net.name])).split(/\s+/).filter(Boolean).map(Number))
+      throw new Error('the test failed here')
+    } finally {
+      await net.destroy()
+    }
+  }, {message: 'the test failed here'})
+  t.true(pids.length >= 3, `pids seen: ${pids.join(' ')}`)
+  for (const pid of pids) t.true(await gone(pid), `process ${pid} is gone`)
+  t.false((await namespaces()).includes(net.name), 'namespace removed')
 })
