@@ -4,6 +4,8 @@ import {delimiter, join} from 'node:path'
 import {promisify} from 'node:util'
 
 import {NetbootError} from './errors.js'
+import {IPXE_BIOS, IPXE_EFI} from './pxe.js'
+import {OVMF} from './qemu.js'
 
 const execFileAsync = promisify(execFile)
 
@@ -108,9 +110,11 @@ export const TOOLS: ToolSpec[] = [
   {name: 'zstd', pkg: 'zstd', required: true, purpose: 'compress the initramfs', kind: 'command', paths: ['zstd'], versionArgs: ['--version']},
   {name: 'linux-source-6.1', pkg: 'linux-source-6.1', required: true, purpose: 'default kernel source', kind: 'file', paths: ['/usr/src/linux-source-6.1.tar.xz']},
   {name: 'linux-source-6.12', pkg: 'linux-source-6.12', required: false, purpose: 'kernel source for --kernel 6.12', kind: 'file', paths: ['/usr/src/linux-source-6.12.tar.xz']},
-  {name: 'dnsmasq', pkg: 'dnsmasq-base', required: false, purpose: 'DHCP/TFTP server for real PXE setups', kind: 'command', paths: ['dnsmasq'], versionArgs: ['--version']},
-  {name: 'ipxe', pkg: 'ipxe', required: false, purpose: 'undionly.kpxe for chainloading on real networks', kind: 'file', paths: ['/usr/lib/ipxe/undionly.kpxe']},
-  {name: 'ovmf', pkg: 'ovmf', required: false, purpose: 'UEFI firmware for UEFI PXE boots', kind: 'file', paths: ['/usr/share/ovmf/OVMF.fd']},
+  {name: 'dnsmasq', pkg: 'dnsmasq-base', required: false, purpose: 'DHCP/TFTP server for real PXE setups (out/pxe/dnsmasq*.conf)', kind: 'command', paths: ['dnsmasq'], versionArgs: ['--version']},
+  {name: 'ipxe', pkg: 'ipxe', required: false, purpose: 'undionly.kpxe: iPXE for BIOS PXE ROMs, copied into out/tftp', kind: 'file', paths: [IPXE_BIOS]},
+  {name: 'ipxe-efi', pkg: 'ipxe', required: false, purpose: 'snponly.efi: iPXE for UEFI PXE clients, copied into out/tftp', kind: 'file', paths: [IPXE_EFI]},
+  {name: 'ovmf', pkg: 'ovmf', required: false, purpose: 'UEFI firmware for `netboot boot --firmware uefi`', kind: 'file', paths: [OVMF]},
+  {name: 'nginx', pkg: 'nginx-light', required: false, purpose: 'HTTP server for out/http with out/pxe/nginx.conf (or netboot serve)', kind: 'command', paths: ['nginx'], versionArgs: ['-v']},
   {name: 'cpio', pkg: 'cpio', required: false, purpose: 'inspect initramfs archives by hand', kind: 'command', paths: ['cpio'], versionArgs: ['--version']},
 ]
 
@@ -133,6 +137,7 @@ export function parseVersion(tool: string, output: string): string | undefined {
     'mkfs.ext4': /mke2fs (\S+)/,
     zstd: /Zstandard CLI .*? v(\d[\w.]*)/,
     dnsmasq: /Dnsmasq version (\S+)/,
+    nginx: /nginx version: nginx\/(\S+)/,
     cpio: /cpio \(GNU cpio\) (\S+)/,
     rsync: /rsync\s+version (\S+)/,
   }

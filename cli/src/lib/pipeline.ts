@@ -275,7 +275,8 @@ export const STAGES: Stage[] = [
         sourceDateEpoch: sourceDateEpoch(),
       })
       state.tree = tree
-      return {summary: `${tree.files.length} files, served from ${tree.httpBase}`, reused: false, reason: 'laid out on every build'}
+      const warn = tree.warnings.map((w) => `; ${w}`).join('')
+      return {summary: `${tree.files.length} files, served from ${tree.httpBase}${warn}`, reused: false, reason: 'laid out on every build'}
     },
   },
 ]

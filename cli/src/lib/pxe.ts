@@ -217,6 +217,8 @@ export interface PxeTree {
   httpBase: string
   /** Files written, relative to outDir. */
   files: string[]
+  /** What the tree lacks for some clients (e.g. the iPXE binaries for chainloading). */
+  warnings: string[]
 }
 
 /** The default port in generated files; `netboot boot` rewrites boot.ipxe with its own. */
@@ -283,12 +285,18 @@ export async function layoutPxeTree(opts: PxeOptions): Promise<PxeTree> {
   const bootScript = join(tftpDir, BOOT_SCRIPT)
   await writeAtomic(bootScript, ipxeScript({httpBase, cmdline}))
   written.push(`tftp/${BOOT_SCRIPT}`)
+  // QEMU's NIC ROMs are iPXE already; real PXE ROMs (and OVMF's own PXE) need these to chainload.
+  const missing: string[] = []
   for (const [src, name] of [[IPXE_BIOS, 'undionly.kpxe'], [IPXE_EFI, 'snponly.efi']]) {
     if (existsSync(src)) {
       await copyFile(src, join(tftpDir, name))
       written.push(`tftp/${name}`)
+    } else {
+      await rm(join(tftpDir, name), {force: true})
+      missing.push(`tftp/${name} (${src})`)
     }
   }
+  const warnings = missing.length > 0 ? [`no ${missing.join(', ')}: PXE clients that are not iPXE cannot boot from dnsmasq; install Debian package ipxe and rebuild`] : []
 
   const given = Object.fromEntries(Object.entries(opts.network ?? {}).filter(([, v]) => v !== undefined))
   const net = labNetwork({...(opts.httpBase ? networkFromHttpBase(opts.httpBase) : {}), ...given}, tftpDir, httpDir)
@@ -297,7 +305,7 @@ export async function layoutPxeTree(opts: PxeOptions): Promise<PxeTree> {
   await writeAtomic(join(pxeDir, 'nginx.conf'), nginxConfig({root: httpDir, listen: net.httpPort, serverName: net.serverAddress}))
   written.push('pxe/dnsmasq.conf', 'pxe/dnsmasq-proxy.conf', 'pxe/nginx.conf')
 
-  return {outDir, tftpDir, httpDir, pxeDir, bootScript, manifestPath, manifest, imageName, cmdline, httpBase, files: written}
+  return {outDir, tftpDir, httpDir, pxeDir, bootScript, manifestPath, manifest, imageName, cmdline, httpBase, files: written, warnings}
 }
 
 /** The command line of a tree served at `httpBase`: the manifest gives the sha256 and size. */
@@ -471,5 +479,5 @@ async function writeAtomic(path: string, text: string): Promise<void> {
 }
 
 export function describeTree(tree: PxeTree): string {
-  return [`PXE tree in ${tree.outDir}:`, ...tree.files.map((f) => `  ${f}`), `kernel command line: ${tree.cmdline}`].join('\n')
+  return [`PXE tree in ${tree.outDir}:`, ...tree.files.map((f) => `  ${f}`), `kernel command line: ${tree.cmdline}`, ...tree.warnings.map((w) => `warning: ${w}`)].join('\n')
 }

@@ -75,7 +75,7 @@ export function qemuArgs(opts: QemuOptions): string[] {
   const args = ['-accel', opts.accel ?? 'tcg', '-m', String(opts.memoryMiB ?? 512), '-nographic', '-no-reboot']
   if (opts.firmware === 'uefi') {
     if (!existsSync(OVMF)) {
-      throw new NetbootError(`UEFI boot needs ${OVMF}`, {suggestions: ['apt-get install ovmf', 'or run `netboot doctor --install`']})
+      throw new NetbootError(`UEFI boot needs ${OVMF}, which is missing (Debian package ovmf)`, {suggestions: ['apt-get install ovmf', 'or run `netboot doctor --install`']})
     }
     args.push('-bios', OVMF)
   }
