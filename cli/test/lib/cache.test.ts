@@ -110,13 +110,25 @@ test('withLock serialises holders and takes over a lock whose owner died', async
   const dir = mkdtempSync(join(tmpdir(), 'netboot-lock-'))
   const lock = join(dir, 'build.lock')
   const events: string[] = []
-  const holder = (name: string) => async () => {
-    events.push(`${name} in`)
-    await new Promise((r) => setTimeout(r, 50))
-    events.push(`${name} out`)
-  }
   let waitedFor = ''
-  await Promise.all([withLock(lock, holder('a'), undefined, 10), withLock(lock, holder('b'), (h) => (waitedFor = h), 10)])
+  let aInside: () => void = () => {}
+  let bWaits: () => void = () => {}
+  const aIn = new Promise<void>((r) => (aInside = r))
+  const bWaiting = new Promise<void>((r) => (bWaits = r))
+  // a takes the lock first and holds it until b says it waits (bounded, so a bug fails
+  // instead of hanging): fixed delays race with the polling on a busy machine.
+  const a = withLock(lock, async () => {
+    events.push('a in')
+    aInside()
+    await Promise.race([bWaiting, new Promise((r) => setTimeout(r, 10_000))])
+    events.push('a out')
+  }, undefined, 10)
+  await aIn
+  const b = withLock(lock, async () => {
+    events.push('b in')
+    events.push('b out')
+  }, (h) => ((waitedFor = h), bWaits()), 10)
+  await Promise.all([a, b])
   t.deepEqual(events, ['a in', 'a out', 'b in', 'b out'])
   t.is(waitedFor, `process ${process.pid}`)
   t.false(existsSync(lock), 'released')
