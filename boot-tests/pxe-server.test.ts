@@ -11,6 +11,7 @@
 //  - UEFI: OVMF's own PXE client (no iPXE ROM on the NIC) is handed snponly.efi (Debian's ipxe
 //    package, copied into the tree) by the generated config, which then fetches boot.ipxe, and
 //    the kernel's EFI stub boots with the initramfs iPXE downloaded (also in proxy mode).
+//  - `netboot boot --firmware uefi`: OVMF with QEMU's own iPXE EFI ROM on user networking.
 //  - nginx instead of `netboot serve`, with the generated site config: nginx -t, Range, a boot.
 //  - a test that fails half-way leaves no server, VM, device or namespace behind.
 //
@@ -25,7 +26,9 @@ import {join} from 'node:path'
 
 import {IPXE_EFI, type Manifest} from '../cli/src/lib/pxe.js'
 import {formatPhases, OVMF, phaseTimings, QemuVm, type Firmware} from '../cli/src/lib/qemu.js'
-import {buildTree, keepConsole} from './lib/build.js'
+import Boot from '../cli/src/commands/boot.js'
+import type {BootResult} from '../cli/src/lib/qemu.js'
+import {buildTree, keepConsole, runCommand} from './lib/build.js'
 import {DNSMASQ, destroyAll, LabNet, namespaces, startDnsmasq, startServe, type Daemon, type ServeDaemon} from './lib/netns.js'
 import {assertDemoRoot, demoRootMarkers, expectMarkers} from './lib/vm.js'
 
@@ -305,6 +308,18 @@ test.serial('UEFI client (OVMF PXE -> snponly.efi -> boot.ipxe) boots the same t
       t.regex(consoles[0]!, /EFI stub: Loaded initrd/, 'the kernel booted through its EFI stub with the initramfs')
     },
   })
+})
+
+test.serial('netboot boot --firmware uefi: OVMF with QEMU\'s iPXE EFI ROM and user networking boots the same tree', async (t) => {
+  if (!existsSync(OVMF)) return t.fail(`UEFI boot needs ${OVMF} (Debian package ovmf)`)
+  const manifest = await tree()
+  const boot = await runCommand<BootResult>(Boot, ['--check', '--json', '--out', out, '--firmware', 'uefi', '--timeout', '240'])
+  const kept = await keepConsole('pxe-server-uefi-usernet', {file: boot.result?.consoleLog ?? join(out, 'boot-console.log')})
+  t.is(boot.exit, 0, `${boot.result?.failure ?? boot.stderr}\nconsole: ${kept}`)
+  t.log(`UEFI, user networking: ${(boot.result.wallMs / 1000).toFixed(1)} s wall\n${formatPhases(boot.result.phases)}`)
+  const consoleText = await readFile(boot.result.consoleLog, 'utf8')
+  t.regex(consoleText, /EFI stub: Loaded initrd/)
+  assertDemoRoot(t, consoleText, manifest)
 })
 
 test.serial('nginx with the generated site config: nginx -t accepts it, Range gets 206 with the right bytes, and a client boots from it', async (t) => {
