@@ -24,6 +24,7 @@ import {chmod, mkdtemp, open, readFile, rm, writeFile} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 
+import {findOnPath} from '../cli/src/lib/doctor.js'
 import {IPXE_EFI, type Manifest} from '../cli/src/lib/pxe.js'
 import {formatPhases, OVMF, phaseTimings, QemuVm, type Firmware} from '../cli/src/lib/qemu.js'
 import Boot from '../cli/src/commands/boot.js'
@@ -59,6 +60,7 @@ function requireHost(t: ExecutionContext): boolean {
   const missing = [
     process.getuid?.() === 0 ? undefined : 'root (network namespaces and tap devices)',
     existsSync(DNSMASQ) ? undefined : `${DNSMASQ} (Debian package dnsmasq-base)`,
+    findOnPath('ip') ? undefined : 'ip (Debian package iproute2)',
   ].filter(Boolean)
   if (missing.length > 0) t.fail(`this test needs ${missing.join(' and ')}`)
   return missing.length === 0
