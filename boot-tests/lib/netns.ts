@@ -113,10 +113,6 @@ export class Daemon {
     }
     await new Promise<void>((r) => (this.log ? this.log.end(() => r()) : r()))
   }
-
-  killNow(): void {
-    if (this.running) this.child.kill('SIGKILL')
-  }
 }
 
 // ---------------------------------------------------------------------------------------------
