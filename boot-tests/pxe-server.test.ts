@@ -15,8 +15,9 @@
 //  - nginx instead of `netboot serve`, with the generated site config: nginx -t, Range, a boot.
 //  - a test that fails half-way leaves no server, VM, device or namespace behind.
 //
-// Needs root (namespaces, taps) and dnsmasq; uses no address outside the namespaces it creates,
-// and removes them, their servers and VMs however a test ends.
+// Needs root (namespaces, taps) and dnsmasq. Uses no address outside the namespaces it creates
+// (but loopback, for the user-networking UEFI boot), and removes them, their servers and VMs
+// however a test ends.
 import test, {type ExecutionContext} from 'ava'
 import {execa} from 'execa'
 import {existsSync} from 'node:fs'
