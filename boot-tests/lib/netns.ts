@@ -187,8 +187,10 @@ export class LabNet {
   /** Starts a long-running process inside the namespace; destroy() stops it. */
   spawn(name: string, cmd: string, args: string[], opts: {cwd?: string; logFile?: string} = {}): Daemon {
     if (this.destroyed) throw new Error(`lab network ${this.name} is already destroyed`)
-    // `ip netns exec` execs the command in place, so the child's pid is the daemon's.
-    const argv = ['ip', 'netns', 'exec', this.name, cmd, ...args]
+    // `ip netns exec` and setpriv exec the command in place, so the child's pid is the daemon's.
+    // --pdeathsig: the daemon dies with this process even when it is killed without a chance
+    // to clean up (the namespace itself is then removed by the next run, see removeStaleNamespaces).
+    const argv = ['ip', 'netns', 'exec', this.name, 'setpriv', '--pdeathsig', 'KILL', '--', cmd, ...args]
     const child = spawn(argv[0]!, argv.slice(1), {cwd: opts.cwd, stdio: ['ignore', 'pipe', 'pipe']})
     const d = new Daemon(name, argv, child, opts.logFile)
     this.daemons.push(d)

@@ -228,8 +228,10 @@ export class QemuVm {
   static async start(opts: QemuOptions): Promise<QemuVm> {
     if (opts.consoleLog) await mkdir(dirname(opts.consoleLog), {recursive: true})
     const qemu = opts.qemu ?? process.env.NETBOOT_QEMU ?? 'qemu-system-x86_64'
-    // `ip netns exec` execs QEMU in place: the child (its pid, its signals) is QEMU itself.
-    const prefix = opts.netns ? ['ip', 'netns', 'exec', opts.netns] : []
+    // `ip netns exec` and setpriv exec QEMU in place: the child (its pid, its signals) is QEMU
+    // itself. --pdeathsig: a QEMU in a namespace must not outlive a caller that is killed
+    // outright, or it keeps the namespace's tap device busy.
+    const prefix = opts.netns ? ['ip', 'netns', 'exec', opts.netns, 'setpriv', '--pdeathsig', 'KILL', '--'] : []
     return new QemuVm([...prefix, qemu, ...qemuArgs(opts)], opts)
   }
 

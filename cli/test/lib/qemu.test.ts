@@ -70,10 +70,10 @@ test('QEMU command lines: a tap NIC on a real network, its MAC, no option ROM (f
   t.throws(() => qemuArgs({tap: 'tap0', mac: '52:54:00:77:00'}), {message: /bad MAC address/})
 })
 
-test('QEMU in a network namespace runs as `ip netns exec <ns> qemu ...`', async (t) => {
+test('QEMU in a network namespace runs as `ip netns exec <ns> setpriv --pdeathsig KILL -- qemu ...`', async (t) => {
   const vm = await QemuVm.start({qemu: '/usr/bin/qemu-x', netns: 'lab0', tap: 'tap0'})
-  t.deepEqual(vm.argv.slice(0, 5), ['ip', 'netns', 'exec', 'lab0', '/usr/bin/qemu-x'])
-  t.regex(vm.commandLine, /^ip netns exec lab0 \/usr\/bin\/qemu-x /)
+  t.deepEqual(vm.argv.slice(0, 9), ['ip', 'netns', 'exec', 'lab0', 'setpriv', '--pdeathsig', 'KILL', '--', '/usr/bin/qemu-x'])
+  t.regex(vm.commandLine, /^ip netns exec lab0 setpriv --pdeathsig KILL -- \/usr\/bin\/qemu-x /)
   await vm.kill()
 })
 
