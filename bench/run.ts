@@ -11,6 +11,9 @@
 //   BENCH_HOST_NBD=1         also read the qcow2 through a qemu-nbd on the host (0: skip)
 //   BENCH_BOOT=1             boot phases and build times through the CLI pipeline (0: skip)
 //   BENCH_WORK               work directory (default a fresh one under the OS temp dir)
+//
+// `tsx bench/run.ts --pipeline-only bench/results/<date>.json` redoes only the host side
+// (build times, initramfs sizes, boot phases) of an earlier run and rewrites its report.
 import {execa} from 'execa'
 import {readFileSync} from 'node:fs'
 import {mkdir, mkdtemp, readFile, rm, stat, writeFile} from 'node:fs/promises'
@@ -267,7 +270,22 @@ async function main(): Promise<void> {
   log(`wrote ${written.join(', ')}`)
 }
 
-main().catch((error: unknown) => {
+/** Redoes the host-side part of the run recorded in `jsonPath`, keeping its guest numbers. */
+async function pipelineOnly(jsonPath: string): Promise<void> {
+  const r = JSON.parse(await readFile(jsonPath, 'utf8')) as Results
+  const work = process.env.BENCH_WORK ? resolve(process.env.BENCH_WORK) : await mkdtemp(join(tmpdir(), 'netboot-bench-'))
+  const treeDir = join(work, 'tree')
+  await rm(treeDir, {recursive: true, force: true})
+  const tree = await makeTree(treeDir, Math.floor(r.config.sizeMiB * 0.8) * MiB)
+  if (tree.digest !== r.tree.digest) throw new Error(`the tree differs from the recorded run's (${tree.digest} vs ${r.tree.digest})`)
+  const pipeline = await (await import('./pipeline.js')).pipelineBench(work, treeDir, r.config.sizeMiB, log)
+  const {targets: _t, notMeasured: _n, ...rest} = r
+  const written = await writeReport(summarize({...rest, pipeline}), join(jsonPath, '..'))
+  log(`wrote ${written.join(', ')}`)
+}
+
+const only = process.argv.indexOf('--pipeline-only')
+;(only !== -1 ? pipelineOnly(process.argv[only + 1]) : main()).catch((error: unknown) => {
   console.error(error instanceof Error ? error.message : error)
   process.exit(1)
 })
