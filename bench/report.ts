@@ -134,6 +134,7 @@ export function markdown(r: Results, chart?: string): string {
     for (const b of p.builds) out.push(`| ${b.label} | ${b.ok ? (b.ms / 1000).toFixed(1) : 'failed'} | ${b.note ?? ''} |`)
     out.push('')
   }
+  if (r.analysis?.length) out.push('## Analysis', '', ...r.analysis.map((a) => `- ${a}`), '')
   if (r.notMeasured?.length) out.push('## Not measured', '', ...r.notMeasured.map((n) => `- ${n}`), '')
   return out.join('\n')
 }

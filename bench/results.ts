@@ -105,6 +105,8 @@ export interface Results {
   pipeline?: PipelineBench
   targets?: TargetCheck[]
   notMeasured?: string[]
+  /** Findings written after looking at the numbers (evidence and what to try), kept with them. */
+  analysis?: string[]
 }
 
 export function median(xs: number[]): number {
