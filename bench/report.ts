@@ -187,7 +187,10 @@ export function chartSvg(r: Results): string {
 /** Writes <date>.json, .md, .svg and .png (when rsvg-convert is there) into `dir`. */
 export async function writeReport(r: Results, dir: string): Promise<string[]> {
   await mkdir(dir, {recursive: true})
-  const stem = r.date.slice(0, 10)
+  // one report per day, unless that day already has another run's: then the time tells them apart
+  let stem = r.date.slice(0, 10)
+  const previous = await readFile(join(dir, `${stem}.json`), 'utf8').then((t) => (JSON.parse(t) as Results).date, () => undefined)
+  if (previous !== undefined && previous !== r.date) stem = `${stem}-${r.date.slice(11, 16).replace(':', '')}`
   const written: string[] = []
   const json = join(dir, `${stem}.json`)
   await writeFile(json, JSON.stringify(r, null, 2) + '\n')
