@@ -1,4 +1,5 @@
-// `npm run test:matrix`: every cell of the boot matrix (kernels x root variants x NICs, plus the
+// `npm run test:matrix`: every cell of the boot matrix (kernels x root variants x NICs and
+// firmware (BIOS; UEFI with virtio), plus the
 // failure cases per kernel), each a real PXE boot in QEMU, then a table of cells with
 // pass/fail/time. Writes the table as JSON next to the boot logs; exits 1 when a cell fails.
 // `npm test` runs a representative subset of the same cells (netboot-e2e, netboot-failures).
@@ -11,7 +12,7 @@ import {join} from 'node:path'
 import {buildTree} from './lib/build.js'
 import {testLogDir} from './lib/kernel.js'
 import {demoRootMarkers, withVm} from './lib/vm.js'
-import {FAILURE_FILES, NICS, ROOTS, testedKernels, type RootVariant} from './matrix.js'
+import {FAILURE_FILES, FIRMWARES, NICS, ROOTS, testedKernels, type RootVariant} from './matrix.js'
 
 interface Cell {
   kernel: string
@@ -57,10 +58,15 @@ try {
       await timed(kernel, `build ${root.name}`, async () => {
         tree = await treeFor(kernel, root)
       })
-      for (const nic of NICS) {
-        await timed(kernel, `${root.name} ${nic}`, async () => {
+      type Client = {firmware: (typeof FIRMWARES)[number]; nic: (typeof NICS)[number]}
+      const clients: Client[] = []
+      for (const firmware of FIRMWARES) {
+        for (const nic of firmware === 'bios' ? NICS : (['virtio'] as const)) clients.push({firmware, nic})
+      }
+      for (const {firmware, nic} of clients) {
+        await timed(kernel, `${root.name} ${nic} ${firmware}`, async () => {
           if (!tree) throw new Error('no tree (build failed)')
-          await withVm({tree, nic}, async (vm) => {
+          await withVm({tree, nic, firmware}, async (vm) => {
             await vm.expect(demoRootMarkers({format: root.format}))
           })
         })

@@ -33,5 +33,8 @@ export const ROOTS: RootVariant[] = [
 
 export const NICS = ['virtio', 'e1000'] as const
 
+/** Firmware of the client: BIOS with every NIC, UEFI (OVMF + iPXE EFI) with virtio. */
+export const FIRMWARES = ['bios', 'uefi'] as const
+
 /** Failure cases: the tests of these files, run per kernel. */
 export const FAILURE_FILES = ['boot-tests/netboot-failures.test.ts', 'boot-tests/netboot-network.test.ts']
