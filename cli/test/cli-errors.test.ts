@@ -105,10 +105,12 @@ function tmpfs(t: ExecutionContext, name: string, size: string, readOnly = false
 // --- kernel sources --------------------------------------------------------------------
 
 test('kernel prepare: a kernel source that does not exist is exit 2, naming it', async (t) => {
-  const r = await netboot('kernel:prepare', ['--kernel', join(work, 'no-such-linux')])
+  // a cache of its own: the other tests of this file run at the same time and use theirs
+  const cache = join(work, 'cache-missing-source')
+  const r = await netboot('kernel:prepare', ['--kernel', join(work, 'no-such-linux')], {env: {NETBOOT_CACHE: cache}})
   const {message} = oneLineError(t, r, 2)
   t.is(message, `kernel source ${join(work, 'no-such-linux')} does not exist`)
-  t.false(existsSync(join(work, 'cache', 'src')) && readdirSync(join(work, 'cache', 'src')).length > 0, 'nothing extracted')
+  t.false(existsSync(join(cache, 'src')) && readdirSync(join(cache, 'src')).length > 0, 'nothing extracted')
 })
 
 test('kernel prepare: a directory that is not a kernel tree is exit 2 and stays untouched', async (t) => {
