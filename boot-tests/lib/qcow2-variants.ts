@@ -180,8 +180,13 @@ async function makeRefused(dir: string): Promise<BuiltImages['refused']> {
   const out: BuiltImages['refused'] = []
   const create = async (name: string, args: string[]) => {
     const file = join(dir, `${name}.qcow2`)
-    await execa('qemu-img', ['create', '-q', '-f', 'qcow2', ...args.map((a) => a.replace('@', dir + '/')), file, '4M'])
-    return file
+    // LUKS creation times its PBKDF on the host CPU and gives up ("Unable to get accurate CPU
+    // usage") when a busy machine preempts it: try again a few times
+    for (let attempt = 1; ; attempt++) {
+      const r = await execa('qemu-img', ['create', '-q', '-f', 'qcow2', ...args, file, '4M'], {reject: false})
+      if (r.exitCode === 0) return file
+      if (attempt === 5 || !/accurate CPU usage/.test(r.stderr)) throw new Error(`qemu-img create ${name}: ${r.stderr}`)
+    }
   }
   out.push({
     name: 'refuse-encrypted', exitCode: 6, errno: 'EOPNOTSUPP', message: 'encrypted images are not supported',
