@@ -2,11 +2,9 @@
 // and runs netboot commands in-process. The kernel comes from NETBOOT_TEST_KERNEL_DIR when set
 // (a prebuilt bzImage + include/), else from the pipeline's kernel stage, which reuses the
 // cached build testKernel() and the other boot tests use.
-import {Errors} from '@oclif/core'
 import {copyFile, writeFile} from 'node:fs/promises'
 import {join} from 'node:path'
 
-import {PACKAGE_ROOT} from '../../cli/src/lib/config.js'
 import {RunLog} from '../../cli/src/lib/log.js'
 import {runPipeline, type PipelineOptions, type PipelineResult} from '../../cli/src/lib/pipeline.js'
 import {testLogDir} from './kernel.js'
@@ -33,41 +31,7 @@ export async function buildTree(outDir: string, options: Partial<PipelineOptions
   )
 }
 
-export interface CommandRun<T> {
-  result: T
-  stdout: string
-  stderr: string
-  exit: number
-}
-
-/**
- * Runs an oclif command class in this process (the code under test, not a stale cli/dist),
- * capturing what it writes and the exit code it sets or throws.
- */
-export async function runCommand<T>(cmd: {run(argv: string[], root: string): Promise<unknown>}, argv: string[]): Promise<CommandRun<T>> {
-  const out: string[] = []
-  const err: string[] = []
-  const origOut = process.stdout.write.bind(process.stdout)
-  const origErr = process.stderr.write.bind(process.stderr)
-  process.stdout.write = ((chunk: string | Uint8Array) => (out.push(String(chunk)), true)) as typeof process.stdout.write
-  process.stderr.write = ((chunk: string | Uint8Array) => (err.push(String(chunk)), true)) as typeof process.stderr.write
-  const savedExit = process.exitCode
-  process.exitCode = undefined
-  let exit = 0
-  let result: unknown
-  try {
-    result = await cmd.run(argv, PACKAGE_ROOT)
-    exit = Number(process.exitCode ?? 0)
-  } catch (e) {
-    if (e instanceof Errors.ExitError) exit = e.oclif.exit ?? 1
-    else throw e
-  } finally {
-    process.stdout.write = origOut
-    process.stderr.write = origErr
-    process.exitCode = savedExit
-  }
-  return {result: result as T, stdout: out.join(''), stderr: err.join(''), exit}
-}
+export {runCommand, type CommandRun} from '../../cli/test/helpers/run-command.js'
 
 /** Keeps a console log under testLogDir() as <name>.console.log; returns its path. */
 export async function keepConsole(name: string, from: {text?: string; file?: string}): Promise<string> {

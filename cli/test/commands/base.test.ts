@@ -1,38 +1,12 @@
 import test from 'ava'
-import {Errors} from '@oclif/core'
 import {mkdtempSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 
 import CacheLs from '../../src/commands/cache/ls.js'
 import Doctor from '../../src/commands/doctor.js'
-import {PACKAGE_ROOT} from '../../src/lib/config.js'
+import {runCommand} from '../helpers/run-command.js'
 
-/** Runs a command class in-process, capturing what it writes and the exit code it sets. */
-async function runCommand(cmd: {run(argv: string[], root: string): Promise<unknown>}, argv: string[]) {
-  const out: string[] = []
-  const err: string[] = []
-  const origOut = process.stdout.write.bind(process.stdout)
-  const origErr = process.stderr.write.bind(process.stderr)
-  process.stdout.write = ((chunk: string) => (out.push(String(chunk)), true)) as typeof process.stdout.write
-  process.stderr.write = ((chunk: string) => (err.push(String(chunk)), true)) as typeof process.stderr.write
-  const savedExit = process.exitCode
-  process.exitCode = undefined
-  let exit = 0
-  let result: unknown
-  try {
-    result = await cmd.run(argv, PACKAGE_ROOT)
-    exit = Number(process.exitCode ?? 0)
-  } catch (e) {
-    if (e instanceof Errors.ExitError) exit = e.oclif.exit ?? 1
-    else throw e
-  } finally {
-    process.stdout.write = origOut
-    process.stderr.write = origErr
-    process.exitCode = savedExit
-  }
-  return {stdout: out.join(''), stderr: err.join(''), exit, result}
-}
 
 function badConfig(): string {
   const dir = mkdtempSync(join(tmpdir(), 'netboot-cmd-'))

@@ -1,12 +1,11 @@
 import test from 'ava'
-import {Errors} from '@oclif/core'
 import {cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {gunzipSync} from 'node:zlib'
 
 import Build, {type BuildCommandResult} from '../../src/commands/build.js'
-import {PACKAGE_ROOT} from '../../src/lib/config.js'
+import {runCommand} from '../helpers/run-command.js'
 import {sha256File} from '../../src/lib/image.js'
 import {RunLog} from '../../src/lib/log.js'
 import {bzImageRelease, configSupportsZstdInitrd, runPipeline, type PipelineOptions} from '../../src/lib/pipeline.js'
@@ -47,30 +46,6 @@ function options(outDir: string, extra: Partial<PipelineOptions> = {}): Pipeline
   return {outDir, kernel: '6.1', kernelDir: zstdKernel, imageSource: 'demo', compression: 'zstd', ...extra}
 }
 
-async function runCommand(argv: string[]) {
-  const out: string[] = []
-  const err: string[] = []
-  const origOut = process.stdout.write.bind(process.stdout)
-  const origErr = process.stderr.write.bind(process.stderr)
-  process.stdout.write = ((c: string) => (out.push(String(c)), true)) as typeof process.stdout.write
-  process.stderr.write = ((c: string) => (err.push(String(c)), true)) as typeof process.stderr.write
-  const saved = process.exitCode
-  process.exitCode = undefined
-  let exit = 0
-  let result: BuildCommandResult | undefined
-  try {
-    result = (await Build.run(argv, PACKAGE_ROOT)) as BuildCommandResult
-    exit = Number(process.exitCode ?? 0)
-  } catch (e) {
-    if (e instanceof Errors.ExitError) exit = e.oclif.exit ?? 1
-    else throw e
-  } finally {
-    process.stdout.write = origOut
-    process.stderr.write = origErr
-    process.exitCode = saved
-  }
-  return {stdout: out.join(''), stderr: err.join(''), exit, result}
-}
 
 test('bzImageRelease reads the release the boot header points at', (t) => {
   t.is(bzImageRelease(fakeBzImage('6.1.192+')), '6.1.192+')
@@ -176,7 +151,7 @@ test.serial('a kernel directory without bzImage or headers is a usage error nami
 test.serial('netboot build --json: flags reach the stages; the JSON on stdout is the result', async (t) => {
   t.timeout(60_000)
   const out = join(work, 'cmd')
-  const r = await runCommand([
+  const r = await runCommand<BuildCommandResult>(Build, [
     '--out', out, '--json', '--kernel-dir', zstdKernel,
     '--compression', 'deflate', '--cluster-size', '128k', '--initramfs-compression', 'gzip', '--http-url', 'http://192.168.100.1/netboot',
   ])
@@ -194,13 +169,13 @@ test.serial('netboot build --json: flags reach the stages; the JSON on stdout is
 
 test.serial('netboot build: bad flag values exit 2 before building anything', async (t) => {
   const out = join(work, 'bad')
-  const cluster = await runCommand(['--out', out, '--kernel-dir', zstdKernel, '--cluster-size', '3k'])
+  const cluster = await runCommand<BuildCommandResult>(Build, ['--out', out, '--kernel-dir', zstdKernel, '--cluster-size', '3k'])
   t.is(cluster.exit, 2)
   t.regex(cluster.stderr, /bad cluster size 3072/)
-  const source = await runCommand(['--out', out, '--kernel-dir', zstdKernel, '--image-source', join(work, 'nope')])
+  const source = await runCommand<BuildCommandResult>(Build, ['--out', out, '--kernel-dir', zstdKernel, '--image-source', join(work, 'nope')])
   t.is(source.exit, 2)
   t.regex(source.stderr, /image source ".*nope" does not exist/)
-  const url = await runCommand(['--out', out, '--kernel-dir', zstdKernel, '--http-url', 'tftp://x'])
+  const url = await runCommand<BuildCommandResult>(Build, ['--out', out, '--kernel-dir', zstdKernel, '--http-url', 'tftp://x'])
   t.is(url.exit, 2)
   t.regex(url.stderr, /--http-url "tftp:\/\/x" is not an http:\/\/ URL/)
   t.false(existsSync(join(out, 'http')), 'nothing was built')
