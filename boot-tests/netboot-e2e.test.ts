@@ -16,7 +16,7 @@ import {sha256File} from '../cli/src/lib/image.js'
 import type {Manifest} from '../cli/src/lib/pxe.js'
 import {checkQcow2File} from '../cli/src/lib/qcow2-header.js'
 import {formatPhases, type BootResult} from '../cli/src/lib/qemu.js'
-import {buildTree, keepConsole, kernelFlags, runCommand} from './lib/build.js'
+import {buildTree, keepConsole, kernelFlags, runCommand, withKeptConsole} from './lib/build.js'
 import {assertDemoRoot, demoRootMarkers, withVm} from './lib/vm.js'
 import {KERNELS, testedKernels} from './matrix.js'
 
@@ -124,17 +124,10 @@ for (const version of process.env.NETBOOT_TEST_KERNEL_DIR ? [] : testedKernels()
     const manifest = await manifestOf(out)
     t.true(manifest.kernel.release?.startsWith(version), `kernel release ${manifest.kernel.release}`)
     let consoleText = ''
-    try {
-      await withVm({tree: out}, async (vm) => {
-        try {
-          await vm.expect(demoRootMarkers())
-        } finally {
-          consoleText = vm.console
-        }
-      })
-    } finally {
-      await keepConsole(`netboot-e2e-linux-${version}`, {text: consoleText})
-    }
+    await withKeptConsole(`netboot-e2e-linux-${version}`, {tree: out}, async (vm) => {
+      await vm.expect(demoRootMarkers())
+      consoleText = vm.console
+    })
     assertDemoRoot(t, consoleText, manifest)
   })
 }

@@ -13,8 +13,8 @@ import {pipeline} from 'node:stream/promises'
 import {demoPattern, sha256File} from '../cli/src/lib/image.js'
 import type {PipelineResult} from '../cli/src/lib/pipeline.js'
 import {cleanConsole, parseRootMarker} from '../cli/src/lib/qemu.js'
-import {buildTree, keepConsole} from './lib/build.js'
-import {copyHttpDir, demoRootMarkers, failureMarker, withVm, type BootedVm, type VmConfig} from './lib/vm.js'
+import {buildTree, withKeptConsole} from './lib/build.js'
+import {copyHttpDir, demoRootMarkers, failureMarker, type BootedVm, type VmConfig} from './lib/vm.js'
 
 const work = await mkdtemp(join(tmpdir(), 'netboot-failures-'))
 test.after.always(() => rm(work, {recursive: true, force: true}))
@@ -57,19 +57,8 @@ async function assertFailedCleanly(t: ExecutionContext, vm: BootedVm, expectedLi
 }
 
 /** Boots, runs `fn`, keeps the console under testLogDir() whatever happens. */
-async function boot(name: string, cfg: VmConfig, fn: (vm: BootedVm) => Promise<void>): Promise<void> {
-  let text = ''
-  try {
-    await withVm(cfg, async (vm) => {
-      try {
-        await fn(vm)
-      } finally {
-        text = vm.console
-      }
-    })
-  } finally {
-    await keepConsole(`netboot-failures-${name}`, {text})
-  }
+function boot(name: string, cfg: VmConfig, fn: (vm: BootedVm) => Promise<void>): Promise<void> {
+  return withKeptConsole(`netboot-failures-${name}`, cfg, fn)
 }
 
 test.serial('image 404: "download failed: HTTP 404 for <url>", nothing attached', async (t) => {

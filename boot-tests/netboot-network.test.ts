@@ -11,8 +11,8 @@ import {join} from 'node:path'
 import type {PipelineResult} from '../cli/src/lib/pipeline.js'
 import {MANIFEST_FILE} from '../cli/src/lib/pxe.js'
 import {cleanConsole, parseRootMarker} from '../cli/src/lib/qemu.js'
-import {buildTree, keepConsole} from './lib/build.js'
-import {copyHttpDir, demoRootMarkers, failureMarker, withVm, type BootedVm, type Marker, type VmConfig} from './lib/vm.js'
+import {buildTree, withKeptConsole} from './lib/build.js'
+import {copyHttpDir, demoRootMarkers, failureMarker, type BootedVm, type Marker, type VmConfig} from './lib/vm.js'
 
 const work = await mkdtemp(join(tmpdir(), 'netboot-network-'))
 test.after.always(() => rm(work, {recursive: true, force: true}))
@@ -65,18 +65,7 @@ async function assertFailed(t: ExecutionContext, vm: BootedVm, expected: string)
 /** A direct boot with netboot.retries=1; keeps the console under testLogDir() whatever happens. */
 async function boot(name: string, cfg: VmConfig, fn: (vm: BootedVm) => Promise<void>): Promise<void> {
   const {outDir} = await tree()
-  let text = ''
-  try {
-    await withVm({tree: outDir, mode: 'direct', ...cfg, params: {retries: 1, ...cfg.params}}, async (vm) => {
-      try {
-        await fn(vm)
-      } finally {
-        text = vm.console
-      }
-    })
-  } finally {
-    await keepConsole(`netboot-network-${name}`, {text})
-  }
+  await withKeptConsole(`netboot-network-${name}`, {tree: outDir, mode: 'direct', ...cfg, params: {retries: 1, ...cfg.params}}, fn)
 }
 
 test.serial('a server throttled to 300 KiB/s: progress lines as it arrives, then verified and booted', async (t) => {

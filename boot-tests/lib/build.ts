@@ -8,6 +8,7 @@ import {join} from 'node:path'
 import {RunLog} from '../../cli/src/lib/log.js'
 import {runPipeline, type PipelineOptions, type PipelineResult} from '../../cli/src/lib/pipeline.js'
 import {testLogDir} from './kernel.js'
+import {withVm, type BootedVm, type VmConfig} from './vm.js'
 
 /** `netboot build` flags for the kernel under test: NETBOOT_TEST_KERNEL_DIR (prebuilt) or NETBOOT_TEST_KERNEL (version). */
 export function kernelFlags(): string[] {
@@ -39,4 +40,20 @@ export async function keepConsole(name: string, from: {text?: string; file?: str
   if (from.file) await copyFile(from.file, to)
   else await writeFile(to, from.text ?? '')
   return to
+}
+
+/** withVm(), keeping the guest's console under testLogDir() as `<name>.console.log` however it ends. */
+export async function withKeptConsole(name: string, cfg: VmConfig, fn: (vm: BootedVm) => Promise<void>): Promise<void> {
+  let text = ''
+  try {
+    await withVm(cfg, async (vm) => {
+      try {
+        await fn(vm)
+      } finally {
+        text = vm.console
+      }
+    })
+  } finally {
+    await keepConsole(name, {text})
+  }
 }
