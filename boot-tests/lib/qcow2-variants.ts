@@ -5,6 +5,7 @@ import {createHash} from 'node:crypto'
 import {createReadStream} from 'node:fs'
 import {mkdir, open, rm, writeFile} from 'node:fs/promises'
 import {join} from 'node:path'
+import {setTimeout} from 'node:timers/promises'
 import {execa} from 'execa'
 
 export interface Variant {
@@ -180,12 +181,14 @@ async function makeRefused(dir: string): Promise<BuiltImages['refused']> {
   const out: BuiltImages['refused'] = []
   const create = async (name: string, args: string[]) => {
     const file = join(dir, `${name}.qcow2`)
-    // LUKS creation times its PBKDF on the host CPU and gives up ("Unable to get accurate CPU
-    // usage") when a busy machine preempts it: try again a few times
+    // LUKS creation times its PBKDF on the thread CPU clock and gives up ("Unable to get
+    // accurate CPU usage") when that clock did not move, in about a third of runs on this
+    // kind of VM and in runs of several under load: retry, spaced out
     for (let attempt = 1; ; attempt++) {
       const r = await execa('qemu-img', ['create', '-q', '-f', 'qcow2', ...args, file, '4M'], {reject: false})
       if (r.exitCode === 0) return file
-      if (attempt === 5 || !/accurate CPU usage/.test(r.stderr)) throw new Error(`qemu-img create ${name}: ${r.stderr}`)
+      if (attempt === 30 || !/accurate CPU usage/.test(r.stderr)) throw new Error(`qemu-img create ${name}: ${r.stderr}`)
+      await setTimeout(100 * Math.min(attempt, 10))
     }
   }
   out.push({
