@@ -664,13 +664,21 @@ async function compilerVersion(ctx: RunContext): Promise<string> {
   return (await run(ctx, 'gcc', ['--version'])).stdout.split('\n')[0] ?? 'unknown'
 }
 
+export interface KernelBuildKey {
+  key: string
+  /** What the key hashes: source identity, patches, fragment, compiler, build options. */
+  manifest: Record<string, unknown>
+  seriesVersion: string
+  series: Series
+  fragmentPaths: string[]
+  fragment: FragmentOption[]
+}
+
 /**
- * Builds (or finds in the cache) the patched kernel. The cache key covers the source identity,
- * every patch's content, the fragment, the compiler and the build options; the series is
- * applied first so the tree always matches the key.
+ * The cache key of a kernel build, without building: what `netboot kernel key` prints for CI
+ * caches to key on, and what buildKernel looks up.
  */
-export async function buildKernel(ctx: RunContext, options: KernelBuildOptions): Promise<KernelBuildResult> {
-  await requireTools(['make', 'gcc', 'flex', 'bison', 'bc', 'libelf-dev', 'libssl-dev', 'ccache', 'rsync', 'git'])
+export async function kernelBuildKey(ctx: RunContext, options: Pick<KernelBuildOptions, 'kernel' | 'series' | 'variant'>): Promise<KernelBuildKey> {
   const source = resolveKernelSource(options.kernel)
   // The series (and so the cache key) follows from the version; a cache hit must not need the
   // 1.5 GB tree, so extract only when the name does not tell the version.
@@ -683,7 +691,6 @@ export async function buildKernel(ctx: RunContext, options: KernelBuildOptions):
     if (!existsSync(variantPath)) throw new NetbootError(`series ${series.dir} has no config variant "${options.variant}" (${variantPath})`, {exit: 2})
     fragmentPaths.push(variantPath)
   }
-  const fragmentPath = fragmentPaths.join(' + ')
   const fragmentText = fragmentPaths.map((p) => readFileSync(p, 'utf8')).join('\n')
   const fragment = parseConfigFragment(fragmentText)
   const manifest = {
@@ -693,7 +700,18 @@ export async function buildKernel(ctx: RunContext, options: KernelBuildOptions):
     compiler: await compilerVersion(ctx),
     options: {arch: ARCH, base: 'tinyconfig', target: 'bzImage', ...(options.variant ? {variant: options.variant} : {})},
   }
-  const key = cacheKey(manifest)
+  return {key: cacheKey(manifest), manifest, seriesVersion, series, fragmentPaths, fragment}
+}
+
+/**
+ * Builds (or finds in the cache) the patched kernel. The cache key covers the source identity,
+ * every patch's content, the fragment, the compiler and the build options; the series is
+ * applied first so the tree always matches the key.
+ */
+export async function buildKernel(ctx: RunContext, options: KernelBuildOptions): Promise<KernelBuildResult> {
+  await requireTools(['make', 'gcc', 'flex', 'bison', 'bc', 'libelf-dev', 'libssl-dev', 'ccache', 'rsync', 'git'])
+  const {key, manifest, seriesVersion, series, fragmentPaths, fragment} = await kernelBuildKey(ctx, options)
+  const fragmentPath = fragmentPaths.join(' + ')
   const finalDir = entryPath('kernel', key)
   const patches = series.patches.map((p) => p.name)
   const cached = async (): Promise<KernelBuildResult | undefined> => {

@@ -5,7 +5,7 @@ import {join} from 'node:path'
 import {execFileSync} from 'node:child_process'
 
 import {NetbootError} from '../../src/lib/errors.js'
-import {BASE_TAG, buildKernel, prepareKernel} from '../../src/lib/kernel.js'
+import {BASE_TAG, buildKernel, kernelBuildKey, prepareKernel} from '../../src/lib/kernel.js'
 import {quietContext} from '../../src/lib/log.js'
 
 // buildKernel's orchestration (cache key, reuse and why not, option check, layout of the result)
@@ -98,6 +98,8 @@ test.serial('build, reuse, and rebuild with the reason when a patch changes', as
   t.true(existsSync(join(first.headers!, 'linux', 'loop.h')))
   t.regex(readFileSync(first.config, 'utf8'), /^CONFIG_BLK_DEV_LOOP_FILE_FMT_QCOW2=y$/m)
   t.deepEqual(first.patches, ['0001-loop-add-the-qcow2-file-format.patch'])
+
+  t.is((await kernelBuildKey(ctx, {kernel: tree, series})).key, first.key, 'kernel key names the build it would reuse')
 
   const second = await buildKernel(ctx, {kernel: tree, series})
   t.true(second.reused)
