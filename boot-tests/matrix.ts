@@ -1,6 +1,7 @@
-// The boot matrix, one definition for the boot tests; .github/workflows/boot-matrix.yml runs
-// one job per kernel of KERNELS with NETBOOT_TEST_KERNEL set (keep the two lists equal: the
-// series test fails when a patches/linux-* series is missing from KERNELS).
+// The boot matrix, one definition: the boot tests and `npm run test:matrix` read it, and
+// .github/workflows/boot-matrix.yml gets its jobs from it (boot-tests/matrix-json.ts), one per
+// kernel of KERNELS with NETBOOT_TEST_KERNEL set. The series test fails when a patches/linux-*
+// series is missing from KERNELS.
 export const KERNELS = ['6.1', '6.12'] as const
 export type KernelVersion = (typeof KERNELS)[number]
 

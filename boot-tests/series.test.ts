@@ -8,6 +8,7 @@ import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {BASE_TAG, prepareKernel, readSeries, type Series} from '../cli/src/lib/kernel.js'
 import {quietContext} from '../cli/src/lib/log.js'
+import {parse} from 'yaml'
 import {KERNELS} from './matrix.js'
 
 const PATCHES = join(import.meta.dirname, '..', 'patches')
@@ -19,6 +20,32 @@ const versions = readdirSync(PATCHES)
 test('every kernel series is in the boot matrix', (t) => {
   const all = readdirSync(PATCHES).filter((d) => d.startsWith('linux-') && existsSync(join(PATCHES, d, 'series')))
   t.deepEqual(all.map((d) => d.slice('linux-'.length)).sort(), [...KERNELS].sort())
+})
+
+test('the boot-matrix workflow takes its kernels from matrix.ts and caches under netboot kernel key', async (t) => {
+  const root = join(import.meta.dirname, '..')
+  const wf = parse(readFileSync(join(root, '.github/workflows/boot-matrix.yml'), 'utf8'))
+  const matrixStep = wf.jobs.matrix.steps.find((s: {id?: string}) => s.id === 'matrix')
+  const script = /npx tsx (\S+)/.exec(matrixStep.run)?.[1] ?? 'no tsx script in the matrix step'
+  const out = await execa('npx', ['tsx', script], {cwd: root})
+  const kernels = /^kernels=(.*)$/m.exec(out.stdout)?.[1]
+  t.deepEqual(JSON.parse(kernels ?? 'null'), [...KERNELS], 'the matrix job prints the kernels of matrix.ts')
+  t.is(wf.jobs.matrix.outputs.kernels, '${{ steps.matrix.outputs.kernels }}')
+  t.is(wf.jobs.boot.needs, 'matrix')
+  t.is(wf.jobs.boot.strategy.matrix.kernel, '${{ fromJSON(needs.matrix.outputs.kernels) }}')
+
+  const steps = wf.jobs.boot.steps as Array<{id?: string; run?: string; uses?: string; with?: Record<string, string>}>
+  const keys = steps.find((s) => s.id === 'keys')!
+  t.regex(keys.run!, /kernel key --kernel '\$\{\{ matrix\.kernel \}\}'\)/)
+  t.regex(keys.run!, /--variant debug/)
+  const cache = steps.find((s) => s.uses?.startsWith('actions/cache') && s.with?.path.includes('/kernel/'))!
+  t.true(cache.with!.key.includes('${{ steps.keys.outputs.kernel }}') && cache.with!.key.includes('${{ steps.keys.outputs.debug }}'))
+  // the jobs run the commands `npm test` and `npm run test:matrix` run
+  const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'))
+  for (const script of ['test:boot', 'test:matrix']) {
+    t.true(steps.some((s) => s.run?.startsWith(`npm run ${script}`)), script)
+    t.truthy(pkg.scripts[script])
+  }
 })
 
 for (const version of versions) {
