@@ -24,6 +24,8 @@ export const VARIANTS: ImageVariant[] = [
   {name: 'qcow2-2m', format: 'qcow2', options: ['cluster_size=2097152'], description: 'qcow2, 2 MiB clusters, uncompressed'},
   {name: 'qcow2-deflate', format: 'qcow2', options: ['cluster_size=65536', 'compression_type=zlib'], compressed: true, description: 'qcow2, 64 KiB clusters, deflate'},
   {name: 'qcow2-zstd', format: 'qcow2', options: ['cluster_size=65536', 'compression_type=zstd'], compressed: true, description: 'qcow2, 64 KiB clusters, zstd'},
+  {name: 'qcow2-zstd-32k', format: 'qcow2', options: ['cluster_size=32768', 'compression_type=zstd'], compressed: true, description: 'qcow2, 32 KiB clusters, zstd'},
+  {name: 'qcow2-zstd-16k', format: 'qcow2', options: ['cluster_size=16384', 'compression_type=zstd'], compressed: true, description: 'qcow2, 16 KiB clusters, zstd'},
   {name: 'qcow2-extl2', format: 'qcow2', options: ['cluster_size=131072', 'extended_l2=on'], description: 'qcow2, 128 KiB clusters with extended L2 (4 KiB subclusters)'},
 ]
 

@@ -55,6 +55,7 @@ function kernelTables(k: KernelRun, cfg: Results['config'], hostCpus: string): s
     }
     out.push('')
   }
+  if (k.costSplit?.length) out.push(...costSplitTable(k))
   if (Object.keys(k.vsNbd ?? {}).length) {
     out.push('#### qcow2 loop device / qemu-nbd (same image, same run)', '')
     out.push(`| comparison | ${ws.join(' | ')} |`, `|---|${ws.map(() => '--:').join('|')}|`)
@@ -72,6 +73,24 @@ function kernelTables(k: KernelRun, cfg: Results['config'], hostCpus: string): s
   }
   if (k.errors.length) out.push('Errors and notes from the guest:', '', ...k.errors.map((e) => `- \`${e}\``), '')
   if (k.dmesg.length) out.push('Kernel messages (loop_qcow2, nbd, warnings):', '', '```', ...k.dmesg.slice(0, 30), '```', '')
+  return out
+}
+
+function costSplitTable(k: KernelRun): string[] {
+  const ms = (x: number | undefined) => (x === undefined ? '–' : x.toFixed(0))
+  const out = ['#### Compressed reads against the decompressor alone (bench/qdecomp.c in the same guest)', '',
+    'bench-qdecomp reads every compressed cluster of the image into memory and decompresses them all with the user-space ' +
+    'library (libzstd, zlib; fastest of 3 rounds) on the same guest CPU, after the read runs. Random 4 KiB reads land in a ' +
+    'compressed cluster with the probability "share"; the others cost what a raw read costs, so the loop device spends ' +
+    '(µs per read − raw µs per read) / share on each read that decompresses. Sequential: the whole device read once (median seq1) ' +
+    'against decompressing all of its compressed clusters.', '',
+    '| target | cluster | compressed clusters (share) | user space: µs per cluster | loop device: µs per decompressing random read | seq: loop device reads the device, ms | seq: user space decompresses its clusters, ms | raw device, ms |',
+    '|---|--:|--:|--:|--:|--:|--:|--:|']
+  for (const c of k.costSplit ?? []) {
+    const perRead = c.randRawUs === undefined ? undefined : (c.randUs - c.randRawUs) / c.compressedShare
+    out.push(`| ${c.target} | ${c.clusterBytes / 1024} KiB | ${(c.compressedShare * 100).toFixed(0)} % | ${c.usPerCluster.toFixed(1)} | ${perRead === undefined ? '–' : perRead.toFixed(1)} | ${ms(c.seqDeviceMs)} | ${ms(c.seqDecompMs)} | ${ms(c.seqRawMs)} |`)
+  }
+  out.push('')
   return out
 }
 

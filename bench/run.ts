@@ -29,7 +29,7 @@ import {testKernel, type TestKernel} from '../boot-tests/lib/kernel.js'
 import {makeTree, MiB} from './content.js'
 import {buildImages, VARIANTS} from './images.js'
 import {hostSide} from './host.js'
-import {summarize, type KernelRun, type Results, type RunLine, type MemLine, type TargetLine} from './results.js'
+import {summarize, type DecompRow, type KernelRun, type Results, type RunLine, type MemLine, type TargetLine} from './results.js'
 import {writeReport} from './report.js'
 
 const BENCH_DIR = import.meta.dirname
@@ -51,8 +51,8 @@ function log(msg: string): void {
   console.log(`bench: ${msg}`)
 }
 
-async function gccStatic(src: string, out: string, include?: string): Promise<Buffer> {
-  await execa('gcc', ['-static', '-O2', '-Wall', '-Wextra', '-Werror', ...(include ? ['-I', include] : []), '-o', out, src])
+async function gccStatic(src: string, out: string, include?: string, libs: string[] = []): Promise<Buffer> {
+  await execa('gcc', ['-static', '-O2', '-Wall', '-Wextra', '-Werror', ...(include ? ['-I', include] : []), '-o', out, src, ...libs])
   return readFile(out)
 }
 
@@ -124,7 +124,7 @@ function fields(line: string): Record<string, string> {
   return out
 }
 
-function parseConsole(text: string): Pick<KernelRun, 'guest' | 'targets' | 'runs' | 'memory' | 'errors' | 'dmesg'> {
+function parseConsole(text: string): Pick<KernelRun, 'guest' | 'targets' | 'runs' | 'memory' | 'errors' | 'dmesg' | 'decomp'> {
   const lines = text.split('\n').map((l) => l.trim())
   // the first guest line shares its console line with the firmware's last words
   const start = fields(/BENCH-START (.*)/.exec(text)?.[1] ?? '')
@@ -133,6 +133,7 @@ function parseConsole(text: string): Pick<KernelRun, 'guest' | 'targets' | 'runs
   const memory: MemLine[] = []
   const errors: string[] = []
   const dmesg: string[] = []
+  const decomp: DecompRow[] = []
   for (const l of lines) {
     if (l.startsWith('TARGET ')) {
       const f = fields(l)
@@ -145,11 +146,14 @@ function parseConsole(text: string): Pick<KernelRun, 'guest' | 'targets' | 'runs
       memory.push({name: f.name, beforeKiB: Number(f.before), copiedKiB: Number(f.copied), attachedKiB: Number(f.attached), readKiB: Number(f.read), droppedKiB: Number(f.dropped)})
     } else if (l.startsWith('BENCH-ERROR') || l.startsWith('BENCH-FATAL') || l.startsWith('BENCH-NOTE')) {
       errors.push(l)
+    } else if (l.startsWith('DECOMP ')) {
+      const f = fields(l)
+      decomp.push({target: f.target, algo: f.algo, clusterBytes: Number(f.cluster), deviceClusters: Number(f.device_clusters), clusters: Number(f.clusters), inBytes: Number(f.in_bytes), ns: Number(f.ns)})
     } else if (l.startsWith('DMESG ')) {
       dmesg.push(l.slice(6))
     }
   }
-  return {guest: {kernel: start.kernel, cpus: Number(start.cpus), memTotalKiB: Number(start.memtotal_kib)}, targets, runs, memory, errors, dmesg}
+  return {guest: {kernel: start.kernel, cpus: Number(start.cpus), memTotalKiB: Number(start.memtotal_kib)}, targets, runs, memory, errors, dmesg, decomp}
 }
 
 async function benchKernel(name: string, kernel: TestKernel, work: string, disk: string): Promise<KernelRun> {
@@ -157,10 +161,12 @@ async function benchKernel(name: string, kernel: TestKernel, work: string, disk:
   await mkdir(kwork, {recursive: true})
   const reader = await gccStatic(join(BENCH_DIR, 'reader.c'), join(kwork, 'bench-read'))
   const nbd = await gccStatic(join(BENCH_DIR, 'nbd-attach.c'), join(kwork, 'nbd-attach'))
+  const qdecomp = await gccStatic(join(BENCH_DIR, 'qdecomp.c'), join(kwork, 'bench-qdecomp'), undefined, ['-lzstd', '-lz'])
   const base = await busyboxInitramfs(join(BENCH_DIR, 'guest', 'bench.sh'), {
     loopfmt: await loopfmtBinary(kernel.headers),
     'bench-read': reader,
     'nbd-attach': nbd,
+    'bench-qdecomp': qdecomp,
   })
   const initrd = join(kwork, 'initrd.gz')
   await writeFile(initrd, Buffer.concat([base, await qemuNbdArchive()]))
@@ -224,6 +230,7 @@ async function main(): Promise<void> {
     `IMAGES="${VARIANTS.map((v) => v.name).join(' ')}"`,
     `NBD_IMAGES="${NBD_IMAGES.join(' ')}"`,
     `MEM_IMAGES="${MEM_IMAGES.join(' ')}"`,
+    `DECOMP_IMAGES="${VARIANTS.filter((v) => v.compressed).map((v) => v.name).join(' ')}"`,
     `WORKLOADS="${WORKLOADS.join(' ')}"`,
     `REPEAT=${REPEAT}`,
     `RAND_COUNT=${RAND_COUNT}`,

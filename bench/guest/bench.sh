@@ -3,6 +3,7 @@
 # result is one console line the host parses:
 #   BENCH rep=R target=T workload=W bytes=N ns=N mibps=X iops=X
 #   MEM name=N before=KiB copied=KiB attached=KiB read=KiB dropped=KiB   (MemAvailable)
+#   DECOMP target=T algo=A cluster=N device_clusters=N clusters=N in_bytes=N ns=N us_per_cluster=X
 # Images are copied into tmpfs first, as a network boot holds its root image in RAM.
 export PATH=/bin:/sbin:/usr/bin
 mount -t proc proc /proc
@@ -105,6 +106,16 @@ while [ "$rep" -le "$REPEAT" ]; do
 		done < /run/order
 	done
 	rep=$((rep + 1))
+done
+
+# The same compressed clusters the loop devices read, decompressed in user space on this CPU:
+# what the algorithm costs here, apart from what the driver adds.
+for name in $DECOMP_IMAGES; do
+	if out=$(bench-qdecomp "/img/$(file_of "$name")" 3 2>&1); then
+		echo "DECOMP target=$name $out"
+	else
+		echo "BENCH-ERROR decomp target=$name $out"
+	fi
 done
 
 while read -r t dev; do
