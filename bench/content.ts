@@ -8,6 +8,7 @@
 import {createCipheriv, createHash} from 'node:crypto'
 import {readdir, readFile, stat, mkdir, writeFile} from 'node:fs/promises'
 import {join} from 'node:path'
+import {prng as rng} from '../cli/test/helpers/prng.js'
 
 const MiB = 1024 * 1024
 
@@ -27,17 +28,6 @@ function randomBytes(seed: string, length: number): Buffer {
   return cipher.update(Buffer.alloc(length))
 }
 
-/** Small deterministic generator (mulberry32) for choices inside the text. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 const WORDS = (
   'the of and to in is that for it as with was on be by this are from at or an not have which ' +

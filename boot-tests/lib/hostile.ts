@@ -4,6 +4,7 @@
 import {mkdir, readFile, rm, writeFile} from 'node:fs/promises'
 import {join} from 'node:path'
 import {execa} from 'execa'
+import {prng as rng} from '../../cli/test/helpers/prng.js'
 
 export interface HostileImage {
   name: string
@@ -30,17 +31,6 @@ const BASES: Array<{name: string; options: string; compress: boolean}> = [
   {name: 'v3-2m-zstd', options: 'compat=1.1,cluster_size=2097152,compression_type=zstd', compress: true},
 ]
 
-/** Small deterministic PRNG (mulberry32). */
-function rng(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 async function makeBases(dir: string): Promise<Base[]> {
   await mkdir(dir, {recursive: true})

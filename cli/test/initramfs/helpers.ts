@@ -5,6 +5,8 @@
 import cpio, {type CpioStreamHeader} from 'cpio-stream'
 import {Readable} from 'node:stream'
 
+export {prng} from '../helpers/prng.js'
+
 export interface ParsedEntry {
   offset: number
   ino: number
@@ -79,14 +81,3 @@ export async function extractWithCpioStream(buf: Buffer): Promise<ExtractedEntry
   })
 }
 
-/** Small deterministic PRNG (mulberry32) so a failing fuzz case can be replayed by seed. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4_294_967_296
-  }
-}

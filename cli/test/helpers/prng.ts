@@ -1,0 +1,14 @@
+/**
+ * Small deterministic PRNG (mulberry32): test content, hostile images and fuzz cases that come
+ * out the same for the same seed, so a failing case can be replayed by its seed.
+ */
+export function prng(seed: number): () => number {
+  let a = seed >>> 0
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0
+    let t = a
+    t = Math.imul(t ^ (t >>> 15), t | 1)
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
+    return ((t ^ (t >>> 14)) >>> 0) / 4_294_967_296
+  }
+}
