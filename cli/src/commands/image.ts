@@ -9,23 +9,12 @@ import {
   parseCompression,
   parseSize,
   shortPath,
-  type Compression,
   type ImageFormat,
-  type SourceKind,
+  type ImageResult,
 } from '../lib/image.js'
 
-export interface ImageCommandResult {
-  path: string
-  format: ImageFormat
-  source: SourceKind
-  size: number
-  sha256: string
-  virtualSize: number
-  compression: Compression
-  clusterSize?: number
-  files?: number
-  description: string
-}
+/** What --json prints: the image without its parsed header. */
+export type ImageCommandResult = Omit<ImageResult, 'header'>
 
 export default class Image extends BaseCommand<typeof Image> {
   static override summary = 'Build the root image: demo root, a directory or a tarball -> ext4 -> qcow2 (or check an existing qcow2).'
