@@ -4,6 +4,7 @@
 // The pipeline and the commands run in this process, as the boot tests run them.
 import {execa} from 'execa'
 import {mkdir, rm, stat, utimes} from 'node:fs/promises'
+import {cpus} from 'node:os'
 import {join} from 'node:path'
 
 import InitramfsCommand, {type InitramfsCommandResult} from '../cli/src/commands/initramfs.js'
@@ -16,6 +17,8 @@ import {runCommand} from '../boot-tests/lib/build.js'
 import type {BootBench, PipelineBench} from './results.js'
 
 const BOOT_MIB = 1024
+/** BENCH_COLD_KERNEL=0 skips the cold build that compiles the kernel (minutes). */
+const COLD_KERNEL = process.env.BENCH_COLD_KERNEL !== '0'
 
 export async function pipelineBench(work: string, treeDir: string, sizeMiB: number, log: (m: string) => void): Promise<PipelineBench> {
   const notes: string[] = []
@@ -42,6 +45,22 @@ export async function pipelineBench(work: string, treeDir: string, sizeMiB: numb
         return false
       }
     }
+    if (COLD_KERNEL) {
+      // The whole thing from nothing: kernel source extraction, patching, the kernel compile
+      // with an empty ccache, initramfs, image, tree; then the same again from the cache.
+      const full = join(work, 'out-full')
+      process.env.NETBOOT_CACHE = join(work, 'cache-full')
+      await rm(process.env.NETBOOT_CACHE, {recursive: true, force: true})
+      const fromScratch = {kernelDir: undefined}
+      if (await build('cold, kernel compiled (empty cache and ccache)', full, fromScratch, `-j${cpus().length}, kernel 6.1`)) {
+        await build('warm, kernel from the cache', full, fromScratch)
+      }
+      await rm(process.env.NETBOOT_CACHE, {recursive: true, force: true})
+      process.env.NETBOOT_CACHE = join(work, 'cache')
+    } else {
+      notes.push('cold `netboot build` with the kernel compile: BENCH_COLD_KERNEL=0')
+    }
+
     const demo = join(work, 'out-demo')
     await rm(demo, {recursive: true, force: true})
     const prebuilt = 'prebuilt kernel (--kernel-dir): the kernel compile is not included'

@@ -249,7 +249,6 @@ export function summarize(r: Results): Results {
   for (const k of r.kernels) {
     if (k.guest.cpus === 1) notMeasured.push(`true concurrency [${k.name}]: the guest kernel has one CPU (no CONFIG_SMP), so the 4 readers take turns on it; contention on the driver's per-image mutex cannot show`)
   }
-  notMeasured.push('cold `netboot build` including the kernel compile (never run by the bench; 3.5–6 min on this kind of machine per shared/kernel-build-notes.md)')
   notMeasured.push('perf in the guest (the bench kernel has no perf events); the compressed targets are split into algorithm and driver cost by bench-qdecomp instead')
   return {...r, targets, notMeasured}
 }

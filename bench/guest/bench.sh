@@ -110,6 +110,7 @@ done
 
 # The same compressed clusters the loop devices read, decompressed in user space on this CPU:
 # what the algorithm costs here, apart from what the driver adds.
+command -v bench-qdecomp > /dev/null || { echo "BENCH-NOTE no bench-qdecomp (host without libzstd-dev or zlib1g-dev)"; DECOMP_IMAGES=; }
 for name in $DECOMP_IMAGES; do
 	if out=$(bench-qdecomp "/img/$(file_of "$name")" 3 2>&1); then
 		echo "DECOMP target=$name $out"
