@@ -10,8 +10,21 @@ import {quietContext} from '../../cli/src/lib/log.js'
 
 export const GUEST_DIR = join(import.meta.dirname, '..', 'guest')
 
-/** gzip'd newc archive: busybox with every applet, the given binaries in /bin, `init` as /init. */
-export async function busyboxInitramfs(init: string, binaries: Record<string, Buffer>): Promise<Buffer> {
+/** Regular files and directories below `dir` into the archive under `at` (links are left out). */
+async function addTree(archive: CpioArchive, dir: string, at: string): Promise<void> {
+  archive.dir(at)
+  for (const entry of await readdir(dir, {withFileTypes: true})) {
+    const from = join(dir, entry.name)
+    if (entry.isDirectory()) await addTree(archive, from, `${at}/${entry.name}`)
+    else if (entry.isFile()) archive.file(`${at}/${entry.name}`, await readFile(from), (await stat(from)).mode & 0o777)
+  }
+}
+
+/**
+ * gzip'd newc archive: busybox with every applet, the given binaries in /bin, `init` as /init,
+ * and `trees` (archive path → host directory), such as lib/modules.
+ */
+export async function busyboxInitramfs(init: string, binaries: Record<string, Buffer>, trees: Record<string, string> = {}): Promise<Buffer> {
   const archive = new CpioArchive()
   archive.file('bin/busybox', await readFile('/bin/busybox'), 0o755)
   const {stdout} = await execa('/bin/busybox', ['--list'])
@@ -20,6 +33,7 @@ export async function busyboxInitramfs(init: string, binaries: Record<string, Bu
   archive.file('init', await readFile(init), 0o755)
   for (const dir of ['dev', 'proc', 'sys', 'img', 'mnt', 'tmp', 'sbin']) archive.dir(dir)
   archive.charDev('dev/console', 5, 1)
+  for (const [at, dir] of Object.entries(trees)) await addTree(archive, dir, at)
   return gzipSync(archive.encode())
 }
 

@@ -12,16 +12,19 @@ export interface TestKernel {
   bzImage: string
   /** uAPI include directory (holds linux/loop.h with the series' additions). */
   headers: string
+  /** INSTALL_MOD_PATH of the build (lib/modules/<release>/) when its config has modules. */
+  modules?: string
 }
 
 const built = new Map<string, Promise<TestKernel>>()
 
 /**
- * The kernel of `version`; `variant` "debug" merges the series' config.debug (KUnit, KASAN,
- * lockdep). NETBOOT_TEST_KERNEL_DIR (or NETBOOT_TEST_DEBUG_KERNEL_DIR) points at a prebuilt one.
+ * The kernel of `version`; `variant` merges the series' config.<variant>: "debug" (KUnit,
+ * KASAN, lockdep), "modular" (the qcow2 format as a module). NETBOOT_TEST_KERNEL_DIR (or
+ * NETBOOT_TEST_DEBUG_KERNEL_DIR) points at a prebuilt kernel or debug kernel.
  */
 export function testKernel(version = '6.1', variant?: string): Promise<TestKernel> {
-  const dir = variant === 'debug' ? process.env.NETBOOT_TEST_DEBUG_KERNEL_DIR : process.env.NETBOOT_TEST_KERNEL_DIR
+  const dir = variant === 'debug' ? process.env.NETBOOT_TEST_DEBUG_KERNEL_DIR : variant ? undefined : process.env.NETBOOT_TEST_KERNEL_DIR
   if (dir) {
     const k = {bzImage: join(dir, 'bzImage'), headers: join(dir, 'include')}
     if (!existsSync(k.bzImage) || !existsSync(join(k.headers, 'linux', 'loop.h'))) {
@@ -34,7 +37,7 @@ export function testKernel(version = '6.1', variant?: string): Promise<TestKerne
   if (!k) {
     k = buildKernel(quietContext(), {kernel: version, variant}).then((r) => {
       if (!r.bzImage || !r.headers) throw new Error(`kernel ${id}: the build left no bzImage or headers`)
-      return {bzImage: r.bzImage, headers: r.headers}
+      return {bzImage: r.bzImage, headers: r.headers, modules: r.modules}
     })
     built.set(id, k)
   }

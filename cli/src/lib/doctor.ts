@@ -104,6 +104,7 @@ export const TOOLS: ToolSpec[] = [
   {name: 'libssl-dev', pkg: 'libssl-dev', required: true, purpose: 'kernel build (sign-file, certs)', kind: 'file', paths: ['/usr/include/openssl/ssl.h']},
   {name: 'ccache', pkg: 'ccache', required: true, purpose: 'compiler cache for kernel rebuilds', kind: 'command', paths: ['ccache'], versionArgs: ['--version']},
   {name: 'rsync', pkg: 'rsync', required: true, purpose: 'kernel build (make headers_install)', kind: 'command', paths: ['rsync'], versionArgs: ['--version']},
+  {name: 'depmod', pkg: 'kmod', required: false, purpose: 'kernel builds with modules (config variant "modular")', kind: 'command', paths: ['depmod'], versionArgs: ['--version']},
   {name: 'xz', pkg: 'xz-utils', required: true, purpose: 'decompress kernel source tarballs', kind: 'command', paths: ['xz'], versionArgs: ['--version']},
   {name: 'git', pkg: 'git', required: true, purpose: 'kernel baseline and patch series', kind: 'command', paths: ['git'], versionArgs: ['--version']},
   {name: 'mkfs.ext4', pkg: 'e2fsprogs', required: true, purpose: 'build the root file system', kind: 'command', paths: ['mkfs.ext4'], versionArgs: ['-V']},
@@ -140,6 +141,7 @@ export function parseVersion(tool: string, output: string): string | undefined {
     nginx: /nginx version: nginx\/(\S+)/,
     cpio: /cpio \(GNU cpio\) (\S+)/,
     rsync: /rsync\s+version (\S+)/,
+    depmod: /kmod version (\S+)/,
   }
   const m = patterns[tool]?.exec(text)
   if (m) return m[1].replace(/,$/, '')

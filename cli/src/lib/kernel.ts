@@ -542,20 +542,23 @@ export interface FragmentOption {
 
 /** Reads a config fragment: CONFIG_X=value lines and "# CONFIG_X is not set". */
 export function parseConfigFragment(text: string): FragmentOption[] {
-  const out: FragmentOption[] = []
+  // a later assignment of the same option wins, as in merge_config.sh (config.<variant> after config)
+  const out = new Map<string, FragmentOption>()
   for (const raw of text.split('\n')) {
     const line = raw.trim()
     const unset = /^# (CONFIG_\w+) is not set$/.exec(line)
     if (unset) {
-      out.push({name: unset[1], value: 'n'})
+      out.delete(unset[1])
+      out.set(unset[1], {name: unset[1], value: 'n'})
       continue
     }
     if (line === '' || line.startsWith('#')) continue
     const m = /^(CONFIG_\w+)=(.*)$/.exec(line)
     if (!m) throw new NetbootError(`config fragment line "${line}" is not CONFIG_NAME=value`, {exit: 2})
-    out.push({name: m[1], value: m[2]})
+    out.delete(m[1])
+    out.set(m[1], {name: m[1], value: m[2]})
   }
-  return out
+  return [...out.values()]
 }
 
 export interface OptionMismatch extends FragmentOption {
@@ -606,6 +609,8 @@ export interface KernelBuildResult {
   bzImage?: string
   config: string
   headers?: string
+  /** INSTALL_MOD_PATH of `make modules_install` (lib/modules/<release>/), when the config has =m options. */
+  modules?: string
   reused: boolean
   /** Why an existing build was not reused (or why it was). */
   reason: string
@@ -723,6 +728,7 @@ export async function buildKernel(ctx: RunContext, options: KernelBuildOptions):
       bzImage: join(finalDir, 'bzImage'),
       config: join(finalDir, 'config'),
       headers: join(finalDir, 'include'),
+      modules: existsSync(join(finalDir, 'modules')) ? join(finalDir, 'modules') : undefined,
       reused: true,
       reason: 'same source, patches, config fragment and compiler as a cached build',
       version: configVersion(readFileSync(join(finalDir, 'config'), 'utf8')) ?? seriesVersion,
@@ -801,6 +807,12 @@ export async function buildKernel(ctx: RunContext, options: KernelBuildOptions):
     await make([`-j${jobs}`, 'bzImage'], {onLine})
     // An incremental build compiles little; only a full build is a good estimate for the next one.
     if (objects > estimate / 2) await writeFile(estimateFile, String(objects))
+    const modular = /^CONFIG_\w+=m$/m.test(readFileSync(dotConfigPath, 'utf8'))
+    if (modular) {
+      await requireTools(['depmod'])
+      ctx.progress?.('make modules')
+      await make([`-j${jobs}`, 'modules'])
+    }
 
     const dir = await atomicDir(
       finalDir,
@@ -809,6 +821,10 @@ export async function buildKernel(ctx: RunContext, options: KernelBuildOptions):
         await make(['headers_install', `INSTALL_HDR_PATH=${tmp}`])
         await copyFile(join(buildDir, 'arch/x86/boot/bzImage'), join(tmp, 'bzImage'))
         await copyFile(dotConfigPath, join(tmp, 'config'))
+        if (modular) {
+          ctx.progress?.('make modules_install')
+          await make(['modules_install', `INSTALL_MOD_PATH=${join(tmp, 'modules')}`, 'INSTALL_MOD_STRIP=1'])
+        }
       },
       {kind: 'kernel', key, manifest},
     )
@@ -818,6 +834,7 @@ export async function buildKernel(ctx: RunContext, options: KernelBuildOptions):
       bzImage: join(dir, 'bzImage'),
       config: join(dir, 'config'),
       headers: join(dir, 'include'),
+      modules: modular ? join(dir, 'modules') : undefined,
       reused: false,
       reason,
       version: prepared.version.full,

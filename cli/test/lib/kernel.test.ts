@@ -66,6 +66,10 @@ test('parseConfigFragment reads =y/=m/values and "is not set"; rejects junk', (t
     {name: 'CONFIG_D', value: '"str"'},
     {name: 'CONFIG_E', value: '16'},
   ])
+  t.deepEqual(parseConfigFragment('CONFIG_A=y\nCONFIG_B=y\n# variant\nCONFIG_A=m\n'), [
+    {name: 'CONFIG_B', value: 'y'},
+    {name: 'CONFIG_A', value: 'm'},
+  ], 'a later assignment wins, as merge_config.sh merges a variant over the base fragment')
   t.throws(() => parseConfigFragment('CONFIG_A=y\nSQUASHFS=y\n'), {message: 'config fragment line "SQUASHFS=y" is not CONFIG_NAME=value'})
 })
 
