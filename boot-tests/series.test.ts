@@ -37,9 +37,18 @@ test('the boot-matrix workflow takes its kernels from matrix.ts and caches under
   const steps = wf.jobs.boot.steps as Array<{id?: string; run?: string; uses?: string; with?: Record<string, string>}>
   const keys = steps.find((s) => s.id === 'keys')!
   t.regex(keys.run!, /kernel key --kernel '\$\{\{ matrix\.kernel \}\}'\)/)
-  t.regex(keys.run!, /--variant debug/)
   const cache = steps.find((s) => s.uses?.startsWith('actions/cache') && s.with?.path.includes('/kernel/'))!
-  t.true(cache.with!.key.includes('${{ steps.keys.outputs.kernel }}') && cache.with!.key.includes('${{ steps.keys.outputs.debug }}'))
+  // every variant the boot tests build (testKernel(version, variant) calls) is cached
+  const variants = new Set<string>()
+  for (const f of readdirSync(join(root, 'boot-tests')).filter((f) => f.endsWith('.test.ts'))) {
+    for (const m of readFileSync(join(root, 'boot-tests', f), 'utf8').matchAll(/testKernel\([^,)]+, '(\w+)'\)/g)) variants.add(m[1])
+  }
+  t.true(variants.has('debug') && variants.has('modular'), [...variants].join(' '))
+  for (const v of variants) {
+    t.regex(keys.run!, new RegExp(`--variant ${v}\\b`), `no cache key for the ${v} kernel`)
+    t.true(cache.with!.key.includes(`\${{ steps.keys.outputs.${v} }}`) && cache.with!.path.includes(`\${{ steps.keys.outputs.${v} }}`), v)
+  }
+  t.true(cache.with!.key.includes('${{ steps.keys.outputs.kernel }}'))
   // the jobs run the commands `npm test` and `npm run test:matrix` run
   const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'))
   for (const script of ['test:boot', 'test:matrix']) {
