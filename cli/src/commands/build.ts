@@ -4,7 +4,7 @@ import {resolve} from 'node:path'
 
 import {BaseCommand} from '../base.js'
 import {NetbootError} from '../lib/errors.js'
-import {checkClusterSize, parseCompression, parseSize} from '../lib/image.js'
+import {checkClusterSize, DEFAULT_CLUSTER_SIZE, DEFAULT_COMPRESSED_CLUSTER_SIZE, parseCompression, parseSize} from '../lib/image.js'
 import type {Compression as InitramfsCompression} from '../lib/initramfs/index.js'
 import {describeBuild, newPipelineState, pipelineResult, pipelineTasks, type PipelineResult} from '../lib/pipeline.js'
 import {splitExtraCmdline} from '../lib/pxe.js'
@@ -42,7 +42,7 @@ guest reaches its root.`
       summary: 'qcow2 cluster compression of the root image (default zstd, or image.compression from the config file).',
       options: ['none', 'deflate', 'zlib', 'zstd'],
     }),
-    'cluster-size': Flags.string({summary: 'qcow2 cluster size, a power of two from 512 to 2M (default 64k).'}),
+    'cluster-size': Flags.string({summary: `qcow2 cluster size, a power of two from 512 to 2M (default ${DEFAULT_CLUSTER_SIZE / 1024}k, compressed ${DEFAULT_COMPRESSED_CLUSTER_SIZE / 1024}k).`}),
     'image-source': Flags.string({summary: '"demo", a root directory, a root tarball or an existing .qcow2 image (default: image.source, demo).'}),
     'initramfs-compression': Flags.string({summary: 'Initramfs compression (default: zstd when the kernel can unpack it, else gzip).', options: ['gzip', 'zstd']}),
     'http-url': Flags.string({summary: 'Base URL clients fetch <out>/http from, written into boot.ipxe (default http://10.0.2.2:8080, QEMU).'}),

@@ -6,6 +6,8 @@ import {
   buildImage,
   checkClusterSize,
   DEFAULT_CLUSTER_SIZE,
+  DEFAULT_COMPRESSED_CLUSTER_SIZE,
+  defaultClusterSize,
   parseCompression,
   parseSize,
   shortPath,
@@ -38,7 +40,7 @@ incompatible features, malformed header.`
   static override flags = {
     source: Flags.string({summary: '"demo", a root directory, a root tarball (.tar[.gz|.xz|.zst]) or a qcow2 image (default: image.source from the config).'}),
     compression: Flags.string({summary: 'qcow2 cluster compression (default: image.compression from the config).', options: ['none', 'deflate', 'zlib', 'zstd']}),
-    'cluster-size': Flags.string({summary: `qcow2 cluster size, a power of two from 512 to 2M (default ${DEFAULT_CLUSTER_SIZE / 1024}k).`}),
+    'cluster-size': Flags.string({summary: `qcow2 cluster size, a power of two from 512 to 2M (default ${DEFAULT_CLUSTER_SIZE / 1024}k, compressed ${DEFAULT_COMPRESSED_CLUSTER_SIZE / 1024}k).`}),
     format: Flags.string({summary: 'Output format: qcow2, or raw (the bare ext4 image).', options: ['qcow2', 'raw']}),
     size: Flags.integer({summary: 'ext4 size in MiB (default: content + 30 %, at least 8).', min: 8}),
     out: Flags.string({char: 'o', summary: 'Output file (default: <output>/root.qcow2, or root.img with --format raw).'}),
@@ -47,7 +49,7 @@ incompatible features, malformed header.`
   public async run(): Promise<ImageCommandResult> {
     const format = (this.flags.format ?? this.settings.image.format) as ImageFormat
     const compression = parseCompression(this.flags.compression ?? this.settings.image.compression)
-    const clusterSize = checkClusterSize(this.flags['cluster-size'] ? parseSize(this.flags['cluster-size']) : DEFAULT_CLUSTER_SIZE)
+    const clusterSize = checkClusterSize(this.flags['cluster-size'] ? parseSize(this.flags['cluster-size']) : defaultClusterSize(compression))
     const out = resolve(this.flags.out ?? join(this.settings.output, format === 'raw' ? 'root.img' : 'root.qcow2'))
     const source = this.flags.source ?? this.settings.image.source
     const ctx = this.context()

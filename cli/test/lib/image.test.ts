@@ -78,6 +78,14 @@ test('uuids derived from a digest are stable, distinct per purpose and well form
   t.regex(a, /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/)
 })
 
+test('compressed images default to 32 KiB clusters, uncompressed ones to 64 KiB; --cluster-size wins', async (t) => {
+  const zstd = await buildImage(ctx, {source: 'demo', out: join(dir, 'demo-zstd.qcow2'), compression: 'zstd'})
+  t.is(zstd.header?.clusterSize, 32768)
+  t.is(zstd.header?.compressionType, 'zstd')
+  const pinned = await buildImage(ctx, {source: 'demo', out: join(dir, 'demo-zstd-64k.qcow2'), compression: 'zstd', clusterSize: 65536})
+  t.is(pinned.header?.clusterSize, 65536)
+})
+
 test('demo root: qcow2 image with busybox, init, checksummed data; reproducible', async (t) => {
   const a = await buildImage(ctx, {source: 'demo', out: join(dir, 'demo-a.qcow2'), sourceDateEpoch: 1_700_000_000})
   const b = await buildImage(ctx, {source: 'demo', out: join(dir, 'demo-b.qcow2'), sourceDateEpoch: 1_700_000_000})
