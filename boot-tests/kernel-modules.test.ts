@@ -11,8 +11,7 @@ import {QemuVm} from '../cli/src/lib/qemu.js'
 import {busyboxInitramfs, ext4Disk, GUEST_DIR, loopfmtBinary} from './lib/guest.js'
 import {testKernel, testLogDir} from './lib/kernel.js'
 import {sha256File} from './lib/qcow2-variants.js'
-
-const KERNEL_VERSION = process.env.NETBOOT_TEST_KERNEL ?? '6.1'
+import {testedKernels} from './matrix.js'
 
 interface Run {
   lines: Map<string, Record<string, string>>
@@ -21,8 +20,8 @@ interface Run {
   commandLine: string
 }
 
-async function runModules(): Promise<Run> {
-  const kernel = await testKernel(KERNEL_VERSION, 'modular')
+async function runModules(version: string): Promise<Run> {
+  const kernel = await testKernel(version, 'modular')
   if (!kernel.modules) throw new Error('the modular kernel build installed no modules')
   const work = await mkdtemp(join(tmpdir(), 'netboot-modules-'))
   const disk = join(work, 'disk')
@@ -45,7 +44,7 @@ async function runModules(): Promise<Run> {
     memoryMiB: 256,
     append: 'console=ttyS0 panic=-1 loglevel=4',
     extraArgs: ['-drive', `file=${diskImage},format=raw,if=virtio,readonly=on`],
-    consoleLog: join(await testLogDir(), `kernel-modules-${KERNEL_VERSION}.console.log`),
+    consoleLog: join(await testLogDir(), `kernel-modules-${version}.console.log`),
   })
   try {
     await vm.waitFor('MOD-DONE', {timeoutMs: 180_000, failOn: [/Kernel panic/, /MOD-FATAL.*/]})
@@ -70,32 +69,34 @@ async function runModules(): Promise<Run> {
   }
 }
 
-let run: Promise<Run> | undefined
-const getRun = () => (run ??= runModules())
+for (const version of testedKernels()) {
+  let run: Promise<Run> | undefined
+  const getRun = () => (run ??= runModules(version))
 
-test(`linux-${KERNEL_VERSION}: attaching a qcow2 image loads the format module; the raw format does not need it`, async (t) => {
-  const r = await getRun()
-  const step = (name: string) => r.lines.get(name) ?? {}
-  t.is(step('start').loaded, '0', 'the module is not loaded before the first attach')
-  t.deepEqual(step('raw'), {rc: '0', fmt: 'raw', loaded: '0', sha: r.rawSha})
-  t.deepEqual(step('qcow2'), {rc: '0', fmt: 'qcow2', loaded: '1', users: '1', sha: r.rawSha}, `reproduce with: ${r.commandLine}`)
-})
+  test(`linux-${version}: attaching a qcow2 image loads the format module; the raw format does not need it`, async (t) => {
+    const r = await getRun()
+    const step = (name: string) => r.lines.get(name) ?? {}
+    t.is(step('start').loaded, '0', 'the module is not loaded before the first attach')
+    t.deepEqual(step('raw'), {rc: '0', fmt: 'raw', loaded: '0', sha: r.rawSha})
+    t.deepEqual(step('qcow2'), {rc: '0', fmt: 'qcow2', loaded: '1', users: '1', sha: r.rawSha}, `reproduce with: ${r.commandLine}`)
+  })
 
-test(`linux-${KERNEL_VERSION}: a loop device pins the format module until it is detached`, async (t) => {
-  const r = await getRun()
-  const step = (name: string) => r.lines.get(name) ?? {}
-  t.not(step('rmmod-in-use').rc, '0', 'rmmod must fail while a loop device uses the module')
-  t.is(step('rmmod-in-use').loaded, '1')
-  t.is(step('detached').users, '0')
-  t.deepEqual(step('rmmod'), {rc: '0', loaded: '0'})
-  t.deepEqual(step('reattach'), {rc: '0', loaded: '1', sha: r.rawSha}, 'loaded again on the next attach')
-})
+  test(`linux-${version}: a loop device pins the format module until it is detached`, async (t) => {
+    const r = await getRun()
+    const step = (name: string) => r.lines.get(name) ?? {}
+    t.not(step('rmmod-in-use').rc, '0', 'rmmod must fail while a loop device uses the module')
+    t.is(step('rmmod-in-use').loaded, '1')
+    t.is(step('detached').users, '0')
+    t.deepEqual(step('rmmod'), {rc: '0', loaded: '0'})
+    t.deepEqual(step('reattach'), {rc: '0', loaded: '1', sha: r.rawSha}, 'loaded again on the next attach')
+  })
 
-test(`linux-${KERNEL_VERSION}: without a module loader the attach fails with EPROTONOSUPPORT and a message`, async (t) => {
-  const r = await getRun()
-  const s = r.lines.get('no-modprobe') ?? {}
-  t.is(s.rc, '10', 'loopfmt exit code 10: no driver for the format (EPROTONOSUPPORT)')
-  t.is(s.loaded, '0')
-  t.regex(s.err ?? '', /^loopfmt: .*qcow2/)
-  t.true(r.console.includes('MOD-DMESG-CLEAN'), 'kernel log has a warning or oops')
-})
+  test(`linux-${version}: without a module loader the attach fails with EPROTONOSUPPORT and a message`, async (t) => {
+    const r = await getRun()
+    const s = r.lines.get('no-modprobe') ?? {}
+    t.is(s.rc, '10', 'loopfmt exit code 10: no driver for the format (EPROTONOSUPPORT)')
+    t.is(s.loaded, '0')
+    t.regex(s.err ?? '', /^loopfmt: .*qcow2/)
+    t.true(r.console.includes('MOD-DMESG-CLEAN'), 'kernel log has a warning or oops')
+  })
+}

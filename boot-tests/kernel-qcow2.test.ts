@@ -36,6 +36,7 @@ async function runMatrix(KERNEL_VERSION: string): Promise<Run> {
 
   await writeFile(join(imagesDir, 'good.list'), images.good.map((g) => g.file.split('/').pop()!.replace(/\.qcow2$/, '')).join('\n') + '\n')
   await writeFile(join(imagesDir, 'refused.list'), images.refused.map((r) => r.name).join('\n') + '\n')
+  await writeFile(join(imagesDir, 'corrupt.list'), images.corrupt.map((c) => c.name).join('\n') + '\n')
   const disk = join(work, 'disk.ext4')
   await ext4Disk(imagesDir, disk)
 
@@ -86,6 +87,19 @@ for (const version of testedKernels()) {
       const got = line(run.console, `GOOD ${name} `)
       const want = `GOOD ${name} fmt=qcow2 size=${VIRTUAL_SIZE} sha256=${g.sha256}`
       if (got !== want) wrong.push(`${name}: expected "${want}", got "${got ?? '(no line)'}"`)
+    }
+    t.deepEqual(wrong, [], `reproduce with: ${run.commandLine}`)
+  })
+
+  test(`linux-${version}: a read that meets a broken table fails with EIO and a corruption report, never returns data`, async (t) => {
+    const run = await getRun()
+    t.is(run.images.corrupt.length, 3)
+    const wrong: string[] = []
+    for (const c of run.images.corrupt) {
+      const got = line(run.console, `CORRUPT ${c.name} `)
+      const ok = got?.startsWith(`CORRUPT ${c.name} attach=0 read=1 direct-rc=1 err=Input/output_error kmsg=`) &&
+        got.includes(`${c.name}.qcow2: image is corrupt: `) && got.includes(c.message)
+      if (!ok) wrong.push(`${c.name}: expected attach=0 read=1 direct-rc=1 EIO and "${c.message}", got "${got ?? '(no line)'}"`)
     }
     t.deepEqual(wrong, [], `reproduce with: ${run.commandLine}`)
   })

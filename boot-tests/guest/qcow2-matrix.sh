@@ -34,6 +34,20 @@ for name in $(cat /img/refused.list); do
 	echo "REFUSED $name rc=$rc kmsg=${msg#*loop_qcow2: }"
 done
 
+# broken tables behind a valid header: the attach works, the read meets them and must fail
+for name in $(cat /img/corrupt.list); do
+	dmesg -c > /dev/null
+	dev=$(loopfmt attach --format qcow2 --read-only "/img/$name.qcow2")
+	rc=$?
+	dd if="$dev" of=/dev/null bs=64k 2> /tmp/dd.err
+	rrc=$?
+	dd if="$dev" of=/dev/null bs=4k count=1 iflag=direct 2> /dev/null
+	drc=$?
+	loopfmt detach "$dev"
+	msg=$(dmesg | grep 'loop_qcow2:' | grep corrupt | tail -n 1)
+	echo "CORRUPT $name attach=$rc read=$rrc direct-rc=$drc err=$(grep -o 'Input/output error' /tmp/dd.err | head -n 1 | tr ' ' _) kmsg=${msg#*loop_qcow2: }"
+done
+
 # the raw format: LOOP_CONFIGURE through loopfmt, and LOOP_SET_FD through busybox losetup
 dev=$(loopfmt attach --format raw --read-only /img/raw.ext4)
 echo "RAW-FMT $(cat /sys/block/${dev#/dev/}/loop/file_fmt)"

@@ -26,10 +26,19 @@ export interface RefusedVariant {
   message: string
 }
 
+/** An image that attaches but whose tables go wrong where a read follows them: EIO, never data. */
+export interface CorruptVariant {
+  name: string
+  file: string
+  /** What the kernel's corruption report must contain. */
+  message: string
+}
+
 export interface BuiltImages {
   dir: string
   good: Array<Variant & {file: string; sha256: string}>
   refused: Array<RefusedVariant & {file: string}>
+  corrupt: CorruptVariant[]
 }
 
 export const VIRTUAL_SIZE = 8 * 1024 * 1024
@@ -222,6 +231,50 @@ async function makeRefused(dir: string): Promise<BuiltImages['refused']> {
   return out
 }
 
+/**
+ * Valid headers over broken tables, each broken in its first entry so that the first read
+ * meets it: an L1 entry far past the end of the file, an unaligned data cluster, a compressed
+ * cluster past the end of the file.
+ */
+async function makeCorrupt(dir: string): Promise<CorruptVariant[]> {
+  const out: CorruptVariant[] = []
+  const data = join(dir, 'corrupt-source.raw')
+  await writeFile(data, Buffer.alloc(1024 * 1024, 'netboot corrupt tables '))
+  const make = async (name: string, compress: boolean, edit: (l1Offset: number, l2Offset: number) => Promise<void>, message: string) => {
+    const file = join(dir, `${name}.qcow2`)
+    await execa('qemu-img', ['convert', '-q', ...(compress ? ['-c'] : []), '-f', 'raw', '-O', 'qcow2', '-o', 'cluster_size=65536', data, file])
+    const fh = await open(file, 'r')
+    const buf = Buffer.alloc(8)
+    await fh.read(buf, 0, 8, 40)
+    const l1Offset = Number(buf.readBigUInt64BE())
+    await fh.read(buf, 0, 8, l1Offset)
+    const l2Offset = Number(buf.readBigUInt64BE() & 0x00fffffffffffe00n)
+    await fh.close()
+    await edit(l1Offset, l2Offset)
+    out.push({name, file, message})
+  }
+  const be64 = (x: bigint) => {
+    const b = Buffer.alloc(8)
+    b.writeBigUInt64BE(x)
+    return b
+  }
+  await make('corrupt-l1-past-eof', false, (l1) => setBytes(join(dir, 'corrupt-l1-past-eof.qcow2'), l1, be64((1n << 63n) | 0x00fffffffffffe00n)),
+    'L2 table offset 0xfffffffffffe00 unaligned or past end of file')
+  await make('corrupt-data-unaligned', false, async (_l1, l2) => {
+    const file = join(dir, 'corrupt-data-unaligned.qcow2')
+    const fh = await open(file, 'r')
+    const entry = Buffer.alloc(8)
+    await fh.read(entry, 0, 8, l2)
+    await fh.close()
+    await setBytes(file, l2, be64(entry.readBigUInt64BE() + 0x200n))
+  }, 'unaligned')
+  // compressed descriptor for 64 KiB clusters: host offset in bits 0..53, all ones = past EOF
+  await make('corrupt-compressed-past-eof', true, (_l1, l2) => setBytes(join(dir, 'corrupt-compressed-past-eof.qcow2'), l2, be64((1n << 62n) | ((1n << 54n) - 1n))),
+    'past end of file')
+  await rm(data)
+  return out
+}
+
 /** Builds every image into `dir` and computes the expected contents. */
 export async function buildImages(dir: string): Promise<BuiltImages> {
   await rm(dir, {recursive: true, force: true})
@@ -235,6 +288,7 @@ export async function buildImages(dir: string): Promise<BuiltImages> {
   }
   await rm(source)
   const refused = await makeRefused(dir)
-  await writeFile(join(dir, 'expected.json'), JSON.stringify({good, refused}, null, 2))
-  return {dir, good, refused}
+  const corrupt = await makeCorrupt(dir)
+  await writeFile(join(dir, 'expected.json'), JSON.stringify({good, refused, corrupt}, null, 2))
+  return {dir, good, refused, corrupt}
 }
